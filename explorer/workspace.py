@@ -1,0 +1,110 @@
+"""A workspace: the model, the SAE on one of its hooks, and optionally that SAE's
+feature index, loaded together and checked against each other.
+
+The command line and the app both open one; the app keeps a single workspace
+per process and shares it between browser sessions (the model's lock guards
+forward passes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from explorer.hooks import parse_hook
+from explorer.model import DEMO_MODEL, LoadedModel, load_model
+from explorer.sae import SAE, check_compatible, load_sae, random_sae, sae_fingerprint
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DEMO_SAE = DATA_DIR / "demo" / "sae"
+DEMO_INDEX = DATA_DIR / "demo" / "index"
+DEMO_HOOK = "blocks.15.hook_resid_post"
+RANDOM_SAE = "random"  # an untrained SAE of the right shape, for trying the tool without one
+
+
+class WorkspaceError(ValueError):
+    """Model, SAE and index do not fit together; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Workspace:
+    lm: LoadedModel
+    sae: SAE
+    sae_source: str  # a path, or "random"
+    sae_id: str  # fingerprint of the SAE files ("random-<seed>" for untrained ones)
+    index: object | None  # explorer.index.FeatureIndex, when one is loaded
+
+    @property
+    def untrained(self) -> bool:
+        return bool(self.sae.cfg.metadata.get("untrained"))
+
+    @property
+    def hook_name(self) -> str:
+        return self.sae.cfg.hook_name
+
+    def max_acts(self) -> dict[int, float] | None:
+        """Per-feature max activation from the index, for 'N x max' steering."""
+        if self.index is None:
+            return None
+        return {i: float(v) for i, v in enumerate(self.index.max_activations())}
+
+    def describe(self) -> str:
+        trained = "UNTRAINED random SAE" if self.untrained else f"SAE {self.sae_source}"
+        index = "no index" if self.index is None else f"index of {self.index.manifest.n_tokens:,} tokens"
+        return (f"{self.lm.name} on {self.lm.device} ({str(self.lm.dtype).removeprefix('torch.')}), "
+                f"{self.hook_name}, {trained} (d_sae {self.sae.cfg.d_sae}), {index}")
+
+
+def open_sae(lm: LoadedModel, sae: str | None, hook: str | None = None, d_sae: int | None = None, seed: int = 0) -> tuple[SAE, str, str]:
+    """Load an SAE folder (default: the demo SAE when it exists, else a random
+    one). Returns (sae, source, fingerprint)."""
+    if sae is None:
+        sae = str(DEMO_SAE) if (DEMO_SAE / "cfg.json").exists() and lm.name == DEMO_MODEL else RANDOM_SAE
+    if sae == RANDOM_SAE:
+        hook = hook or DEMO_HOOK
+        parse_hook(lm.model, hook)
+        width = d_sae or 8 * lm.d_model
+        loaded = random_sae(lm.d_model, width, architecture="topk", k=32, hook_name=hook, model_name=lm.name, seed=seed)
+        return loaded.to(lm.device), RANDOM_SAE, f"random-{seed}"
+    loaded = load_sae(sae, device=lm.device)
+    if hook and loaded.cfg.hook_name and hook != loaded.cfg.hook_name:
+        raise WorkspaceError(
+            f"The SAE at {sae} was trained on {loaded.cfg.hook_name}, not {hook}. "
+            "Fix: leave out the hook, or pick the SAE trained for that hook"
+        )
+    if hook and not loaded.cfg.hook_name:
+        loaded.cfg.hook_name = hook
+    if not loaded.cfg.hook_name:
+        raise WorkspaceError(f"The SAE at {sae} does not say which hook it reads. Fix: pass --hook blocks.L.hook_resid_post")
+    parse_hook(lm.model, loaded.cfg.hook_name)
+    check_compatible(loaded, lm.d_model, loaded.cfg.hook_name)
+    return loaded, str(sae), sae_fingerprint(sae)
+
+
+def open_index(path: str | Path | None, lm: LoadedModel, sae: SAE, sae_id: str):
+    from explorer.index import FeatureIndex
+
+    if path is None:
+        return None
+    index = FeatureIndex.open(path, lm.tokenizer)
+    index.check_matches(lm.name, sae.cfg.hook_name, sae_id)
+    return index
+
+
+def open_workspace(
+    model: str = DEMO_MODEL,
+    sae: str | None = None,
+    index: str | None = None,
+    hook: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    progress: bool = True,
+) -> Workspace:
+    """Load model, SAE and index, checking that they belong together.
+
+    With no SAE given, the demo model gets the committed demo SAE and index."""
+    lm = load_model(model, device=device, dtype=dtype, progress=progress)
+    loaded, source, sae_id = open_sae(lm, sae, hook)
+    if index is None and sae is None and source != RANDOM_SAE and (DEMO_INDEX / "manifest.json").exists():
+        index = str(DEMO_INDEX)
+    return Workspace(lm=lm, sae=loaded, sae_source=source, sae_id=sae_id, index=open_index(index, lm, loaded, sae_id))
