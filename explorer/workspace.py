@@ -82,10 +82,10 @@ def open_sae(lm: LoadedModel, sae: str | None, hook: str | None = None, d_sae: i
 
 
 def open_index(path: str | Path | None, lm: LoadedModel, sae: SAE, sae_id: str):
-    from explorer.index import FeatureIndex
-
     if path is None:
         return None
+    from explorer.index import FeatureIndex
+
     index = FeatureIndex.open(path, lm.tokenizer)
     index.check_matches(lm.name, sae.cfg.hook_name, sae_id)
     return index
