@@ -123,6 +123,80 @@ def cmd_windows(args) -> None:
     print(f"{len(windows.tokens):,} windows of {args.window} tokens -> {args.out}")
 
 
+def _split(args):
+    """The (train, held-out) windows for a seed: train, eval and index agree on it."""
+    from explorer.corpus import load_windows, split_windows
+
+    train, held = split_windows(load_windows(args.windows), args.held_out, seed=args.seed)
+    return train, held
+
+
+def cmd_train(args) -> None:
+    from explorer.activation_cache import cache_activations
+    from explorer.model import load_model
+    from explorer.train import TrainConfig, train_sae
+
+    lm = load_model(args.model, device=args.device)
+    train, _ = _split(args)
+    if args.max_windows:
+        train = train[: args.max_windows]
+    cache = cache_activations(lm, args.hook, train, args.acts, batch_size=args.batch_windows)
+    cfg = TrainConfig(out_dir=args.out, hook_name=args.hook, expansion_factor=args.expansion, d_sae=args.d_sae,
+                      architecture=args.architecture, k=args.k, epochs=args.epochs, batch_size=args.batch_size,
+                      seed=args.seed, device=args.device or "")
+    train_sae(cfg, cache)
+    print(f"SAE saved in {args.out}")
+
+
+def cmd_eval(args) -> None:
+    import json
+
+    from explorer.evaluate import evaluate_sae
+
+    ws = workspace(args, with_index=False)
+    _, held = _split(args)
+    report = evaluate_sae(ws.lm, ws.sae, held[: args.max_windows] if args.max_windows else held)
+    print(report.to_markdown())
+    if args.json:
+        from explorer.export import write_atomic
+
+        write_atomic(args.json, json.dumps(report.to_dict(), indent=2))
+
+
+def cmd_index(args) -> None:
+    from explorer.corpus import load_windows
+    from explorer.index import build_index
+
+    ws = workspace(args, with_index=False)
+    windows = load_windows(args.windows)
+    if args.max_windows:
+        windows = windows[: args.max_windows]
+    fingerprint = None if ws.sae_source == "random" else ws.sae_id
+    print(build_index(ws.lm, ws.sae, windows, args.out, top_n=args.top_n, batch_size=args.batch_windows,
+                      sae_path_fingerprint=fingerprint))
+
+
+def cmd_export(args) -> None:
+    from explorer import export
+
+    ws = workspace(args)
+    if ws.index is None:
+        raise CliError("Exporting cards needs a feature index. Fix: pass --index DIR (build one with `explorer index`)")
+    cards = [ws.index.card(f) for f in args.features]
+    meta = dict(model=ws.lm.name, hook=ws.hook_name, sae_id=ws.sae_id)
+    out = Path(args.out)
+    if args.zip:
+        export.write_atomic(out, export.cards_to_zip(cards, formats=tuple(args.format), **meta))
+        print(out)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for card in cards:
+        for fmt in args.format:
+            path = out / export.card_filename(card.feature, fmt)
+            export.write_atomic(path, export.card_bytes(card, fmt, **meta))
+            print(path)
+
+
 def cmd_app(args) -> None:
     app = Path(__file__).resolve().parent.parent / "app.py"
     if not app.exists():
@@ -175,6 +249,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-windows", type=int)
     p.add_argument("--model", default="demo", help="model whose tokenizer to use")
     p.set_defaults(func=cmd_windows)
+
+    def split_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--windows", required=True, help="windows file from `explorer windows`")
+        p.add_argument("--held-out", type=float, default=0.05, help="fraction of windows held out for evaluation")
+        p.add_argument("--seed", type=int, default=0, help="seeds the held-out split (and training)")
+        p.add_argument("--max-windows", type=int, help="use at most this many windows")
+
+    p = sub.add_parser("train", help="train an SAE (TopK by default) on activations at a hook")
+    split_args(p)
+    p.add_argument("--model", default="demo")
+    p.add_argument("--hook", default="blocks.15.hook_resid_post")
+    p.add_argument("--out", required=True, help="output folder (SAELens format, plus checkpoint/)")
+    p.add_argument("--acts", required=True, help="activation cache folder (reused and resumed)")
+    p.add_argument("--architecture", choices=("topk", "relu"), default="topk")
+    p.add_argument("--expansion", type=int, default=8, help="d_sae = expansion * d_model")
+    p.add_argument("--d-sae", type=int, default=0, help="overrides --expansion")
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=4096, help="tokens per training step")
+    p.add_argument("--batch-windows", type=int, default=16, help="windows per forward pass")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate an SAE on held-out windows (L0, EV, CE-loss score, KL, dead/dense)")
+    split_args(p)
+    p.add_argument("--json", help="also write the report as JSON here")
+    add_workspace_args(p, index=False)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("index", help="build the feature index (examples, histograms, logits, neighbours)")
+    p.add_argument("--windows", required=True)
+    p.add_argument("--max-windows", type=int)
+    p.add_argument("--out", required=True)
+    p.add_argument("--top-n", type=int, default=20, help="max-activating examples kept per feature")
+    p.add_argument("--batch-windows", type=int, default=16)
+    add_workspace_args(p, index=False)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("export", help="export feature cards as JSON, Markdown, HTML or PNG")
+    p.add_argument("features", type=int, nargs="+")
+    p.add_argument("--format", nargs="+", choices=("json", "md", "html", "png"), default=["json", "md", "html", "png"])
+    p.add_argument("--out", required=True, help="folder, or a .zip file with --zip")
+    p.add_argument("--zip", action="store_true")
+    add_workspace_args(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("app", help="start the Streamlit app")
     p.add_argument("--port", type=int, default=8501)
