@@ -1,0 +1,626 @@
+"""Training a TopK (or ReLU + L1) sparse autoencoder on cached activations.
+
+The TopK recipe is OpenAI's (Gao et al. 2024), as sparsify and dictionary_learning implement it:
+- latents: the k largest pre-activations, then ReLU. That gives the same dense output as
+  SAELens's order (top-k first, ReLU after), so the result saves as a SAELens "topk" SAE.
+- loss: FVU = sum ||x - x_hat||^2 / sum ||x - mean_batch(x)||^2 (sparsify), plus
+  auxk_alpha * AuxK. AuxK is the squared error of the k_aux most active *dead* latents
+  reconstructing the main error, over the same denominator. Like OpenAI, that
+  reconstruction has no b_dec; sparsify and SAELens add b_dec to it.
+- decoder rows stay unit norm. Before each Adam step, the gradient component parallel to
+  each row is removed; after it, the rows are renormalised.
+- init: random unit decoder rows, W_enc = W_dec.T, b_enc = 0. b_dec is the geometric median
+  of a data sample, as OpenAI does (or the sample mean, with b_dec_init="mean").
+- inputs are scaled so their mean norm is sqrt(d_in), as SAELens's expected_average_only_in
+  and dictionary_learning do: Adam's steps are in absolute units, so without it the
+  biases would move too fast for a model with small activations and too slowly for one
+  with large ones. The factor is folded into the biases of the SAE returned and saved
+  (b_enc, b_dec divided by it). That SAE therefore reads raw activations, keeps unit decoder
+  rows, and its features are in the activations' own units.
+- Adam, lr 2e-4 / sqrt(d_sae / 2^14) by default (dictionary_learning's rule). Linear warmup,
+  and linear decay to 0 over the last lr_decay_fraction of the steps.
+The ReLU variant is a standard SAE: FVU + l1_coefficient * L1, where L1 = mean over tokens of
+sum(f), divided by the RMS norm of the centred input (so it is scale free), with the same
+unit-norm decoder.
+
+Public names: TrainConfig, train_sae, topk_losses, relu_losses, Losses, geometric_median.
+`train_sae` writes periodic checkpoints to out_dir/checkpoint/ and resumes from the latest
+one; the final SAE is saved in out_dir in SAELens format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from explorer.activation_cache import ActivationCache
+from explorer.sae import SAE, SAEConfig, save_sae
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+CONFIG_FILENAME = "train_config.json"
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 6.25e-10  # OpenAI's value; the FVU loss is O(1), so gradients can be tiny
+EMA = 0.05  # weight of the newest step in the progress-bar averages (about 20 steps)
+# Fields that may change between a run and its resumption without changing the result.
+RESUMABLE_CHANGES = frozenset({"out_dir", "checkpoint_every", "device"})
+
+
+class TrainError(ValueError):
+    """Training cannot start or resume; the message says why and how to fix it."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out_dir: str
+    """Folder for the final SAE (SAELens format), train_config.json and checkpoint/."""
+    hook_name: str = ""
+    """Hook the SAE reads. Empty means the cache's hook; otherwise it must match the cache."""
+    d_sae: int = 0
+    """Number of latents; 0 means expansion_factor * d_in."""
+    expansion_factor: int = 8
+    architecture: Literal["topk", "relu"] = "topk"
+    """topk: TopK + AuxK (saved as SAELens "topk"). relu: ReLU + L1 (saved as "standard")."""
+    k: int = 32
+    """topk: active latents per token."""
+    lr: float = 0.0
+    """Adam learning rate; 0 means 2e-4 / sqrt(d_sae / 2**14)."""
+    lr_warmup_steps: int = 1000
+    """Linear warmup from 0; capped at a tenth of the run."""
+    lr_decay_fraction: float = 0.2
+    """The lr decays linearly to 0 over this final fraction of the steps."""
+    batch_size: int = 4096
+    """Tokens per step."""
+    n_tokens: int = 0
+    """Training tokens; 0 means epochs * the cache's tokens."""
+    epochs: float = 1.0
+    auxk_alpha: float = 1 / 32
+    """Weight of the AuxK loss (OpenAI, dictionary_learning)."""
+    k_aux: int = 0
+    """Dead latents used by AuxK; 0 means d_in // 2 (sparsify, SAELens)."""
+    dead_after_tokens: int = 0
+    """A latent that has not fired for this many tokens is dead. 0 means a tenth of the run,
+    at most 10M tokens (the sparsify / OpenAI threshold)."""
+    l1_coefficient: float = 0.03
+    """relu: weight of the scale-free L1 penalty. A starting point only: tune it for the L0 you want."""
+    b_dec_init: Literal["geometric_median", "mean"] = "geometric_median"
+    b_dec_samples: int = 32_768
+    """Tokens used to initialise b_dec and estimate the input scale (OpenAI uses 32768)."""
+    normalize_activations: bool = True
+    """Train on inputs scaled to mean norm sqrt(d_in); the saved SAE takes raw activations either way."""
+    seed: int = 0
+    """Seeds the initial weights and the data order. Same seed and cache give bit-identical weights
+    on the CPU; CUDA's atomic adds make GPU runs only approximately reproducible."""
+    checkpoint_every: int = 1000
+    """Steps between checkpoints (one is also written when training stops)."""
+    device: str = ""
+    """Empty means cuda when available, else cpu."""
+
+    def __post_init__(self) -> None:
+        if not self.out_dir:
+            raise TrainError("out_dir is empty; pass the folder the SAE should be written to.")
+        if self.architecture not in ("topk", "relu"):
+            raise TrainError(f"architecture={self.architecture!r}; use 'topk' or 'relu'.")
+        if self.b_dec_init not in ("geometric_median", "mean"):
+            raise TrainError(f"b_dec_init={self.b_dec_init!r}; use 'geometric_median' or 'mean'.")
+        positive = {"k": self.k, "batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every,
+                        "b_dec_samples": self.b_dec_samples, "expansion_factor": self.expansion_factor}
+        bad = [f"{name}={value}" for name, value in positive.items() if value < 1]
+        bad += [f"{name}={getattr(self, name)}" for name in
+                ("d_sae", "n_tokens", "k_aux", "dead_after_tokens", "lr_warmup_steps", "lr", "auxk_alpha",
+                 "l1_coefficient") if getattr(self, name) < 0]
+        if bad:
+            raise TrainError(f"Invalid training settings: {', '.join(bad)}. Fix: use positive values "
+                             "(0 means 'automatic' where the field allows it).")
+        if self.d_sae and self.k > self.d_sae:
+            raise TrainError(f"k={self.k} is larger than d_sae={self.d_sae}; use k <= d_sae.")
+        if self.n_tokens == 0 and self.epochs <= 0:
+            raise TrainError(f"epochs={self.epochs} with n_tokens=0 trains nothing; set one of them.")
+        if not 0.0 <= self.lr_decay_fraction < 1.0:
+            raise TrainError(f"lr_decay_fraction={self.lr_decay_fraction}; use a value in [0, 1).")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The numbers a TrainConfig resolves to against one cache (automatic values filled in)."""
+
+    d_in: int
+    d_sae: int
+    lr: float
+    n_steps: int
+    steps_per_epoch: int
+    dead_after_tokens: int
+    k_aux: int
+    warmup_steps: int
+    decay_start: int
+    """First step of the linear lr decay."""
+    freq_start: int
+    """First step whose firing counts make sparsity.safetensors (the last tenth of the run)."""
+
+
+def resolve(cfg: TrainConfig, cache: ActivationCache) -> Plan:
+    if cfg.hook_name and cfg.hook_name != cache.hook_name:
+        raise TrainError(f"TrainConfig.hook_name={cfg.hook_name!r} but the cache holds {cache.hook_name!r}. "
+                         "Fix: pass the matching cache, or leave hook_name empty.")
+    d_sae = cfg.d_sae or cfg.expansion_factor * cache.d_in
+    if cfg.architecture == "topk" and cfg.k > d_sae:
+        raise TrainError(f"k={cfg.k} is larger than d_sae={d_sae}; use k <= d_sae.")
+    steps_per_epoch = cache.n_tokens // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise TrainError(f"batch_size={cfg.batch_size} is larger than the cache ({cache.n_tokens} tokens). "
+                         "Fix: cache more tokens or use a smaller batch_size.")
+    n_tokens = cfg.n_tokens or int(cfg.epochs * cache.n_tokens)
+    n_steps = n_tokens // cfg.batch_size
+    if n_steps == 0:
+        raise TrainError(f"{n_tokens} training tokens make no full batch of {cfg.batch_size}. "
+                         "Fix: raise n_tokens/epochs or lower batch_size.")
+    return Plan(
+        d_in=cache.d_in,
+        d_sae=d_sae,
+        lr=cfg.lr or 2e-4 / math.sqrt(d_sae / 2**14),
+        n_steps=n_steps,
+        steps_per_epoch=steps_per_epoch,
+        dead_after_tokens=cfg.dead_after_tokens or min(10_000_000, max(cfg.batch_size, n_steps * cfg.batch_size // 10)),
+        k_aux=cfg.k_aux or cache.d_in // 2,
+        warmup_steps=min(cfg.lr_warmup_steps, n_steps // 10),
+        decay_start=n_steps - int(n_steps * cfg.lr_decay_fraction),
+        freq_start=n_steps - max(1, n_steps // 10),
+    )
+
+
+def lr_factor(step: int, plan: Plan) -> float:
+    if step < plan.warmup_steps:
+        return (step + 1) / plan.warmup_steps
+    if step >= plan.decay_start:
+        return (plan.n_steps - step) / (plan.n_steps - plan.decay_start)
+    return 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+
+
+class Losses(NamedTuple):
+    fvu: Tensor
+    """Fraction of variance unexplained (scalar, differentiable)."""
+    auxk: Tensor
+    """topk: AuxK loss, already scaled by min(n_dead / k_aux, 1); 0 when no latent is dead."""
+    l1: Tensor
+    """relu: scale-free L1 penalty; 0 for topk."""
+    l0: Tensor
+    """Mean active latents per token (scalar, no grad)."""
+    fired: Tensor
+    """(d_sae,) int64: tokens of this batch on which each latent fired."""
+
+
+class _PreActsAt(torch.autograd.Function):
+    """pre[b, j] = x[b] . W_enc[:, idx[b, j]] + b_enc[idx[b, j]], gathered from `pre` computed
+    without grad, with a backward that touches only the selected latents.
+
+    Dense autograd would cost two (batch, d_in) x (d_in, d_sae) matmuls in the backward; this
+    costs O(batch * k * d_in) (sparsify's fused encoder does the same). The weight gradient is
+    a sparse-dense matmul: on CPU that is about 6x faster than the dense one, and 10x faster
+    than sparsify's index_add_ of per-token outer products.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, idx: Tensor) -> Tensor:
+        ctx.save_for_backward(x, W_enc, idx)
+        return pre.gather(-1, idx)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, W_enc, idx = ctx.saved_tensors
+        d_sae = W_enc.shape[1]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:  # grad_x[b] = sum_j grad[b, j] * W_enc[:, idx[b, j]]
+            grad_x = F.embedding_bag(idx, W_enc.t().contiguous(), per_sample_weights=grad, mode="sum")
+        if ctx.needs_input_grad[1]:  # grad_W_enc = x.T @ G with G (batch, d_sae), k nonzeros per row
+            grad_w = _sparse_t_mm(idx, grad, x, d_sae).t()  # (d_in, d_sae)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.new_zeros(d_sae).index_add_(0, idx.flatten(), grad.flatten())
+        return grad_x, grad_w, grad_b, None, None
+
+
+class _SparseDecode(torch.autograd.Function):
+    """sum_j values[b, j] * W_dec[idx[b, j]]: (batch, k) -> (batch, d_in), without a dense f.
+
+    embedding_bag's own backward sorts the indices to build W_dec's gradient, a quarter of a
+    CPU step; a sparse-dense matmul does it in a quarter of that time. The values' gradient
+    still comes from embedding_bag's backward, which is fast when W_dec needs no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, values: Tensor, idx: Tensor, W_dec: Tensor) -> Tensor:
+        ctx.save_for_backward(values, idx, W_dec)
+        return F.embedding_bag(idx, W_dec, per_sample_weights=values, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        values, idx, W_dec = ctx.saved_tensors
+        grad_values = grad_w = None
+        if ctx.needs_input_grad[0]:
+            with torch.enable_grad():
+                v = values.detach().requires_grad_()
+                out = F.embedding_bag(idx, W_dec.detach(), per_sample_weights=v, mode="sum")
+                (grad_values,) = torch.autograd.grad(out, v, grad)
+        if ctx.needs_input_grad[2]:
+            grad_w = _sparse_t_mm(idx, values, grad, W_dec.shape[0])
+        return grad_values, None, grad_w
+
+
+def _sparse_t_mm(idx: Tensor, values: Tensor, dense: Tensor, d_sae: int) -> Tensor:
+    """S.T @ dense, where S (batch, d_sae) holds values[b, j] at column idx[b, j]: (d_sae, d)."""
+    batch, k = idx.shape
+    rows = torch.arange(batch, device=idx.device).repeat_interleave(k)
+    s_t = torch.sparse_coo_tensor(torch.stack([idx.flatten(), rows]), values.flatten(), (d_sae, batch),
+                                  check_invariants=False)
+    return torch.sparse.mm(s_t, dense)
+
+
+def _decode_sparse(values: Tensor, idx: Tensor, W_dec: Tensor) -> Tensor:
+    return _SparseDecode.apply(values, idx, W_dec)
+
+
+def topk_losses(sae: SAE, x: Tensor, k: int, dead: Tensor, k_aux: int) -> Losses:
+    """FVU and AuxK for a batch x (batch, d_in); `dead` is a (d_sae,) bool mask."""
+    x_in = x - sae.b_dec  # SAELens apply_b_dec_to_input
+    with torch.no_grad():
+        pre = x_in @ sae.W_enc + sae.b_enc  # (batch, d_sae)
+    idx = pre.topk(k, dim=-1, sorted=False).indices  # (batch, k)
+    values = _PreActsAt.apply(x_in, sae.W_enc, sae.b_enc, pre, idx).relu()
+    x_hat = _decode_sparse(values, idx, sae.W_dec) + sae.b_dec
+    error = x - x_hat
+    total_variance = (x - x.mean(0)).pow(2).sum()
+    fvu = error.pow(2).sum() / total_variance
+
+    n_dead = int(dead.sum())
+    if n_dead and k_aux:
+        scale = min(n_dead / k_aux, 1.0)  # fewer dead latents than k_aux: a weaker pull
+        aux_idx = pre.masked_fill(~dead, -torch.inf).topk(min(k_aux, n_dead), dim=-1, sorted=False).indices
+        aux_values = _PreActsAt.apply(x_in, sae.W_enc, sae.b_enc, pre, aux_idx).relu()
+        error_hat = _decode_sparse(aux_values, aux_idx, sae.W_dec)
+        auxk = scale * (error_hat - error.detach()).pow(2).sum() / total_variance
+    else:
+        auxk = fvu.new_zeros(())
+    active = values.detach() > 0
+    fired = torch.bincount(idx[active], minlength=sae.cfg.d_sae)
+    return Losses(fvu, auxk, fvu.new_zeros(()), active.sum(-1).float().mean(), fired)
+
+
+def relu_losses(sae: SAE, x: Tensor) -> Losses:
+    """FVU and the scale-free L1 penalty of a standard ReLU SAE for a batch x (batch, d_in)."""
+    f = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)  # (batch, d_sae)
+    x_hat = f @ sae.W_dec + sae.b_dec
+    total_variance = (x - x.mean(0)).pow(2).sum()
+    fvu = (x - x_hat).pow(2).sum() / total_variance
+    # mean_b sum(f) / sqrt(mean_b ||x - mean||^2). Decoder rows are unit norm, so the usual
+    # f_i * ||W_dec[i]|| weighting is f_i.
+    l1 = f.sum() / (total_variance * x.shape[0]).sqrt()
+    active = f.detach() > 0
+    return Losses(fvu, fvu.new_zeros(()), l1, active.sum(-1).float().mean(), active.sum(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation and the constrained decoder
+
+
+def geometric_median(points: Tensor, iters: int = 100, tol: float = 1e-6) -> Tensor:
+    """The point minimising the summed distance to `points` (n, d), by Weiszfeld's iteration."""
+    points = points.double()
+    median = points.mean(0)
+    for _ in range(iters):
+        weights = 1 / (points - median).norm(dim=-1).clamp_min(1e-8)
+        new = (weights[:, None] * points).sum(0) / weights.sum()
+        moved = (new - median).norm()
+        median = new
+        if moved <= tol * median.norm().clamp_min(1.0):
+            break
+    return median.float()
+
+
+def _init_sae(cfg: TrainConfig, plan: Plan, cache: ActivationCache) -> tuple[SAE, float]:
+    """A fresh SAE for scaled inputs, and the input scale factor."""
+    sae = SAE(_sae_config(cfg, plan, cache, {}))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    W_dec = torch.randn(plan.d_sae, plan.d_in, generator=generator)
+    W_dec /= W_dec.norm(dim=-1, keepdim=True)
+    sample = next(cache.batches(min(cfg.b_dec_samples, cache.n_tokens), seed=cfg.seed, epoch=0))
+    scale = math.sqrt(plan.d_in) / sample.norm(dim=-1).mean().item() if cfg.normalize_activations else 1.0
+    sample = sample * scale
+    b_dec = geometric_median(sample) if cfg.b_dec_init == "geometric_median" else sample.mean(0)
+    with torch.no_grad():
+        sae.W_dec.copy_(W_dec)
+        sae.W_enc.copy_(W_dec.T)
+        sae.b_enc.zero_()
+        sae.b_dec.copy_(b_dec)
+    return sae, scale
+
+
+def _in_raw_units(sae: SAE, scale: float, cfg: SAEConfig | None = None) -> SAE:
+    """A CPU copy of an SAE trained on activations * scale that reads raw activations.
+
+    TopK and ReLU commute with a positive factor, so dividing both biases by it divides the
+    pre-activations, the features and the reconstruction by it, and keeps W_dec unit-norm.
+    """
+    out = SAE(cfg or sae.cfg)
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            value = p.detach().cpu()
+            getattr(out, name).copy_(value / scale if name in ("b_enc", "b_dec") else value)
+    return out
+
+
+def _sae_config(cfg: TrainConfig, plan: Plan, cache: ActivationCache, metadata: dict) -> SAEConfig:
+    manifest = cache.manifest
+    topk = cfg.architecture == "topk"
+    return SAEConfig(
+        d_in=plan.d_in, d_sae=plan.d_sae, architecture="topk" if topk else "standard",
+        k=cfg.k if topk else None, hook_name=cache.hook_name, model_name=manifest["model_name"],
+        metadata={
+            "context_size": manifest["context_size"],
+            "prepend_bos": manifest["prepend_bos"],
+            # The positions trained on: the first skip_first of each window were left out.
+            "seqpos_slice": [manifest["skip_first"], None],
+            **metadata,
+        },
+    )
+
+
+@torch.no_grad()
+def _remove_parallel_grad(sae: SAE) -> None:
+    """Drop the part of each decoder row's gradient that would only change its norm."""
+    W, grad = sae.W_dec, sae.W_dec.grad
+    grad -= (grad * W).sum(-1, keepdim=True) * W
+
+
+@torch.no_grad()
+def _normalise_decoder(sae: SAE) -> None:
+    sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(sae.W_dec.dtype).eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training loop
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights and Adam moments that a resumed run needs.
+
+    No RNG state is kept: the only randomness after init is the data order, and that is a
+    pure function of (seed, epoch, batch index) (ActivationCache.batches)."""
+
+    step: int
+    scale: float  # inputs are multiplied by this (normalize_activations)
+    tokens_since_fired: Tensor  # (d_sae,) int64
+    fire_counts: Tensor  # (d_sae,) int64, counted from plan.freq_start on
+    running: dict[str, float] = field(default_factory=dict)  # progress-bar averages only
+
+    @classmethod
+    def fresh(cls, d_sae: int, scale: float, device: torch.device) -> TrainState:
+        zeros = torch.zeros(d_sae, dtype=torch.int64, device=device)
+        return cls(0, scale, zeros.clone(), zeros.clone())
+
+
+def train_sae(cfg: TrainConfig, cache: ActivationCache, progress: bool = True,
+              stop_after_steps: int | None = None) -> SAE:
+    """Train an SAE on `cache` and save it in cfg.out_dir (SAELens format); returns it.
+
+    Resumes from the latest checkpoint in out_dir/checkpoint/. `stop_after_steps` ends this
+    call early (after a checkpoint) so that a long run can be done in slices; the SAE returned
+    then is the unfinished one and nothing is saved in SAELens format yet.
+    """
+    plan = resolve(cfg, cache)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(cfg.out_dir)
+    checkpoints = out / CHECKPOINT_DIR
+    latest = latest_checkpoint(checkpoints)
+    sae, scale = (SAE(_sae_config(cfg, plan, cache, {})), 1.0) if latest else _init_sae(cfg, plan, cache)
+    sae.to(device)
+    opt = torch.optim.Adam(sae.parameters(), lr=plan.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+    state = load_checkpoint(latest, cfg, cache, sae, opt) if latest else TrainState.fresh(plan.d_sae, scale, device)
+    if latest:
+        log.info("Resuming from %s (step %d of %d)", latest, state.step, plan.n_steps)
+    else:
+        _write_json(out / CONFIG_FILENAME, {"config": cfg.to_dict(), "plan": dataclasses.asdict(plan)})
+
+    end = plan.n_steps if stop_after_steps is None else min(plan.n_steps, state.step + stop_after_steps)
+    bar = tqdm(total=plan.n_steps, initial=state.step, unit="step", desc=f"Training SAE {cache.hook_name}",
+               disable=not progress)
+    started, first_step = time.perf_counter(), state.step
+    batches = _stream(cache, cfg, plan, state.step)
+    while state.step < end:
+        _train_step(sae, opt, next(batches).to(device) * state.scale, state, cfg, plan)
+        bar.update()
+        if state.step % 10 == 0 or state.step == end:
+            bar.set_postfix(_postfix(state, plan), refresh=False)
+        if state.step % cfg.checkpoint_every == 0 and state.step < end:
+            save_checkpoint(checkpoints, cfg, cache, sae, opt, state)
+    bar.close()
+    if state.step > first_step:
+        log.info("%d steps at %.2f steps/s", state.step - first_step,
+                 (state.step - first_step) / (time.perf_counter() - started))
+    save_checkpoint(checkpoints, cfg, cache, sae, opt, state)
+    if state.step < plan.n_steps:
+        return _in_raw_units(sae, state.scale)
+    return _save_final(sae, cfg, plan, cache, state)
+
+
+def _stream(cache: ActivationCache, cfg: TrainConfig, plan: Plan, step: int) -> Iterator[Tensor]:
+    """Batches from `step` on, epoch after epoch; partial last batches are dropped."""
+    epoch, start = divmod(step, plan.steps_per_epoch)
+    while True:
+        yield from cache.batches(cfg.batch_size, seed=cfg.seed, epoch=epoch, start=start, drop_last=True)
+        epoch, start = epoch + 1, 0
+
+
+def _train_step(sae: SAE, opt: torch.optim.Optimizer, x: Tensor, state: TrainState, cfg: TrainConfig,
+                plan: Plan) -> None:
+    for group in opt.param_groups:
+        group["lr"] = plan.lr * lr_factor(state.step, plan)
+    if cfg.architecture == "topk":
+        losses = topk_losses(sae, x, cfg.k, state.tokens_since_fired >= plan.dead_after_tokens, plan.k_aux)
+        loss = losses.fvu + cfg.auxk_alpha * losses.auxk
+    else:
+        losses = relu_losses(sae, x)
+        loss = losses.fvu + cfg.l1_coefficient * losses.l1
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    _remove_parallel_grad(sae)
+    opt.step()
+    _normalise_decoder(sae)
+
+    fired = losses.fired > 0
+    state.tokens_since_fired += x.shape[0]
+    state.tokens_since_fired[fired] = 0
+    if state.step >= plan.freq_start:
+        state.fire_counts += losses.fired
+    state.step += 1
+    now = {"loss": loss.item(), "fvu": losses.fvu.item(), "auxk": losses.auxk.item(), "l0": losses.l0.item()}
+    state.running = {key: value if key not in state.running else (1 - EMA) * state.running[key] + EMA * value
+                     for key, value in now.items()}
+
+
+def _postfix(state: TrainState, plan: Plan) -> dict[str, str]:
+    r = state.running
+    dead = (state.tokens_since_fired >= plan.dead_after_tokens).float().mean().item()
+    return {"loss": f"{r['loss']:.4f}", "l0": f"{r['l0']:.1f}", "ev": f"{1 - r['fvu']:.3f}", "dead": f"{dead:.1%}"}
+
+
+def _save_final(sae: SAE, cfg: TrainConfig, plan: Plan, cache: ActivationCache, state: TrainState) -> SAE:
+    freq_tokens = (plan.n_steps - plan.freq_start) * cfg.batch_size
+    sparsity = torch.log10(state.fire_counts.double().cpu() / freq_tokens + 1e-10).float()
+    r = state.running
+    training = {
+        "architecture": cfg.architecture, "steps": plan.n_steps, "batch_size": cfg.batch_size, "lr": plan.lr,
+        "seed": cfg.seed, "b_dec_init": cfg.b_dec_init, "input_scale": state.scale,
+        # Running averages over about the last 20 steps, on training batches.
+        "fvu": r["fvu"], "explained_variance": 1 - r["fvu"], "l0": r["l0"],
+        "dead_fraction": (state.tokens_since_fired >= plan.dead_after_tokens).float().mean().item(),
+        "dead_after_tokens": plan.dead_after_tokens,
+        "sparsity_tokens": freq_tokens,  # sparsity.safetensors counts firing over the last tenth of the run
+    }
+    if cfg.architecture == "topk":
+        training |= {"k": cfg.k, "auxk_alpha": cfg.auxk_alpha, "k_aux": plan.k_aux, "auxk_loss": r["auxk"]}
+    else:
+        training |= {"l1_coefficient": cfg.l1_coefficient}
+    metadata = {"trained_tokens": plan.n_steps * cfg.batch_size, "training": training}
+    final = _in_raw_units(sae, state.scale, _sae_config(cfg, plan, cache, metadata))
+    final.sparsity = sparsity
+    save_sae(final, cfg.out_dir, sparsity=sparsity)
+    log.info("Saved SAE to %s", cfg.out_dir)
+    return final
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: out_dir/checkpoint/step_000001000/{state.safetensors, state.json}
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint folder, or None. Each appears whole (renamed into place)."""
+    if not folder.is_dir():
+        return None
+    steps = [p for p in folder.iterdir() if re.fullmatch(r"step_\d+", p.name) and (p / "state.json").is_file()]
+    return max(steps, key=lambda p: int(p.name[5:]), default=None)
+
+
+def save_checkpoint(folder: Path, cfg: TrainConfig, cache: ActivationCache, sae: SAE,
+                    opt: torch.optim.Optimizer, state: TrainState, keep: int = 2) -> Path:
+    tensors = {f"sae.{name}": p.detach().cpu() for name, p in sae.named_parameters()}
+    for name, p in sae.named_parameters():
+        for key, value in opt.state[p].items():
+            tensors[f"adam.{name}.{key}"] = torch.as_tensor(value).detach().cpu()
+    tensors["tokens_since_fired"] = state.tokens_since_fired.cpu()
+    tensors["fire_counts"] = state.fire_counts.cpu()
+    meta = {"step": state.step, "scale": state.scale, "config": cfg.to_dict(), "cache": _cache_identity(cache),
+            "running": state.running}
+
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step_{state.step:09d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / "state.safetensors")
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+        if final.exists():  # the same step saved again (a rerun after the end)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    older = sorted((p for p in folder.iterdir() if re.fullmatch(r"step_\d+", p.name)), key=lambda p: int(p.name[5:]))
+    for stale in older[:-keep]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, cfg: TrainConfig, cache: ActivationCache, sae: SAE,
+                    opt: torch.optim.Optimizer) -> TrainState:
+    """Restore weights and Adam state in place; returns the counters. Refuses another run's checkpoint."""
+    meta = json.loads((path / "state.json").read_text())
+    saved = TrainConfig.from_dict(meta["config"]).to_dict()
+    changed = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+    if changed:
+        raise TrainError(
+            f"{path} belongs to a run with different {', '.join(changed)} "
+            f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)}). "
+            "Fix: use the same settings to resume, or another out_dir to start afresh.")
+    if meta["cache"] != _cache_identity(cache):
+        raise TrainError(f"{path} was trained on another activation cache ({meta['cache']}). "
+                         "Fix: pass the same cache to resume, or another out_dir to start afresh.")
+    tensors = load_file(str(path / "state.safetensors"))
+    device = sae.W_dec.device
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            p.copy_(tensors[f"sae.{name}"])
+    opt_state = opt.state_dict()
+    for i, (name, _) in enumerate(sae.named_parameters()):
+        prefix = f"adam.{name}."
+        entry = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if entry:
+            opt_state["state"][i] = entry
+    opt.load_state_dict(opt_state)  # moves moments to the parameters' device; keeps `step` on the CPU
+    return TrainState(meta["step"], meta["scale"], tensors["tokens_since_fired"].to(device),
+                      tensors["fire_counts"].to(device), meta["running"])
+
+
+def _cache_identity(cache: ActivationCache) -> dict:
+    m = cache.manifest
+    return {"hook_name": m["hook_name"], "tokens_sha256": m["tokens_sha256"], "n_tokens": cache.n_tokens,
+            "skip_first": m["skip_first"]}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
