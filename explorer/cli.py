@@ -171,9 +171,8 @@ def cmd_index(args) -> None:
     windows = load_windows(args.windows)
     if args.max_windows:
         windows = windows[: args.max_windows]
-    fingerprint = None if ws.sae_source == "random" else ws.sae_id
     print(build_index(ws.lm, ws.sae, windows, args.out, top_n=args.top_n, batch_size=args.batch_windows,
-                      sae_path_fingerprint=fingerprint))
+                      sae_path_fingerprint=ws.sae_id))
 
 
 def cmd_export(args) -> None:
