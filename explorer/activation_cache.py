@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from explorer.corpus import Windows
+from explorer.files import replacing, write_json
 from explorer.hooks import run_to_hook
 from explorer.model import LoadedModel
 
@@ -104,11 +103,11 @@ def cache_activations(
         manifest["shards"] = sorted(manifest["shards"] + [{"file": name, "n_tokens": len(acts), "first_window": lo}],
                                     key=lambda s: s["first_window"])
         manifest["complete"] = len(manifest["shards"]) == n_shards
-        _write_json(out / MANIFEST, manifest)
+        write_json(out / MANIFEST, manifest)
     bar.close()
     if not manifest["complete"]:  # nothing was left to do, but the flag was never set
         manifest["complete"] = True
-        _write_json(out / MANIFEST, manifest)
+        write_json(out / MANIFEST, manifest)
     return ActivationCache(out)
 
 
@@ -169,25 +168,10 @@ def _shard_activations(lm: LoadedModel, hook_name: str, tokens: np.ndarray, batc
 def _write_shard(path: Path, acts: torch.Tensor) -> None:
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({SHARD_KEY: acts.contiguous()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with replacing(path) as tmp:
+        save_file({SHARD_KEY: acts.contiguous()}, str(tmp))
 
 
-def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ---------------------------------------------------------------------------------------------

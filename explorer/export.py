@@ -19,13 +19,11 @@ import functools
 import io
 import json
 import math
-import os
-import tempfile
 import zipfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from explorer import render
+from explorer.files import write_atomic  # noqa: F401  (part of this module's API)
 
 if TYPE_CHECKING:
     from explorer.index import Example, FeatureCard
@@ -562,23 +560,3 @@ def cards_to_zip(
                 info.external_attr = 0o644 << 16
                 zf.writestr(info, card_bytes(card, fmt, model=model, hook=hook, sae_id=sae_id))
     return buf.getvalue()
-
-
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write `data` (str as UTF-8) to `path` through a temp file in the same
-    folder and `os.replace`, so readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode() if isinstance(data, str) else bytes(data)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; exports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -85,6 +85,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from explorer.files import write_json
 from explorer.hooks import run_to_hook
 from explorer.labels import auto_label
 from explorer.tokens import token_strings
@@ -968,17 +969,6 @@ def _open_tensors(file: Path, keys: tuple[str, ...]):
     return handle
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class FeatureIndex:
     """A built index, read lazily from memory-mapped safetensors files. Thread-safe for reading."""
 
@@ -1071,7 +1061,7 @@ class FeatureIndex:
             else:
                 labels.pop(feature, None)
             body = {"labels": {str(k): v for k, v in sorted(labels.items())}}
-            _atomic_write_text(self._user_file(), json.dumps(body, ensure_ascii=False, indent=1) + "\n")
+            write_json(self._user_file(), body)
             self._user = labels
 
     # -- search

@@ -11,7 +11,7 @@ decoding step is steered, the KV-cached ones included.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 import torch

@@ -51,6 +51,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from explorer.activation_cache import ActivationCache
+from explorer.files import write_json
 from explorer.sae import SAE, SAEConfig, save_sae
 
 log = logging.getLogger(__name__)
@@ -448,7 +449,7 @@ def train_sae(cfg: TrainConfig, cache: ActivationCache, progress: bool = True,
     if latest:
         log.info("Resuming from %s (step %d of %d)", latest, state.step, plan.n_steps)
     else:
-        _write_json(out / CONFIG_FILENAME, {"config": cfg.to_dict(), "plan": dataclasses.asdict(plan)})
+        write_json(out / CONFIG_FILENAME, {"config": cfg.to_dict(), "plan": dataclasses.asdict(plan)})
 
     end = plan.n_steps if stop_after_steps is None else min(plan.n_steps, state.step + stop_after_steps)
     bar = tqdm(total=plan.n_steps, initial=state.step, unit="step", desc=f"Training SAE {cache.hook_name}",
@@ -612,15 +613,3 @@ def _cache_identity(cache: ActivationCache) -> dict:
     m = cache.manifest
     return {"hook_name": m["hook_name"], "tokens_sha256": m["tokens_sha256"], "n_tokens": cache.n_tokens,
             "skip_first": m["skip_first"]}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
