@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8501
 
-.PHONY: setup demo test test-fast chromium demo-model
+.PHONY: setup demo test test-fast chromium demo-model demo-artifacts
 
 # The stamp is the console script: it exists once every install step succeeded.
 $(BIN)/explorer: pyproject.toml
@@ -34,3 +34,16 @@ test: demo-model chromium
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not demo and not browser"
+
+# Rebuild the committed demo SAE and index from scratch (CPU: about an hour on 2 cores).
+# Every step resumes where it stopped if interrupted.
+ART := artifacts
+demo-artifacts: demo-model
+	$(BIN)/explorer demo-corpus --out data/corpus
+	$(BIN)/explorer windows data/corpus/corpus.jsonl --out $(ART)/windows.safetensors
+	$(BIN)/explorer train --windows $(ART)/windows.safetensors --max-windows 4000 --epochs 3 \
+		--out $(ART)/demo-sae --acts $(ART)/acts
+	mkdir -p data/demo/sae
+	cp $(ART)/demo-sae/cfg.json $(ART)/demo-sae/sae_weights.safetensors $(ART)/demo-sae/sparsity.safetensors data/demo/sae/
+	$(BIN)/explorer eval --sae data/demo/sae --windows $(ART)/windows.safetensors --max-windows 256 --json data/demo/eval.json
+	$(BIN)/explorer index --sae data/demo/sae --windows $(ART)/windows.safetensors --max-windows 2000 --out data/demo/index
