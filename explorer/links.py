@@ -13,8 +13,8 @@ Public names: `LinkState`, `parse_links`, `to_query`, `parse_steer`,
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from explorer.steering import MODES, GenerationSettings, Intervention
 
@@ -50,8 +50,8 @@ class LinkState:
 
     def settings(self, **overrides) -> GenerationSettings:
         """The link's generation settings as the steering module takes them."""
-        values = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                      top_p=self.top_p, seed=self.seed, chat=self.chat)
+        values = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                      "top_p": self.top_p, "seed": self.seed, "chat": self.chat}
         return GenerationSettings(**{**values, **overrides})
 
 

@@ -1,0 +1,88 @@
+"""Token activations: which features fire on each token of a prompt."""
+
+import pandas as pd
+import streamlit as st
+
+from explorer.activations import MAX_PROMPT_TOKENS, PromptError
+from explorer.links import MAX_PROMPT_CHARS
+from pages import common
+
+PAGE = "activations"
+N_HEATMAP = 20
+
+
+def prompt_form(ws) -> None:
+    state, fresh = common.link(PAGE, ws)
+    if fresh and state.prompt:
+        st.session_state.update(act_prompt=state.prompt, act_chat=state.chat, act_run=(state.prompt, state.chat))
+        if state.feature is not None:
+            st.session_state["act_want_feature"] = state.feature
+    chat_ok = bool(getattr(ws.lm.tokenizer, "chat_template", None))
+    with st.form("prompt_form"):
+        text = st.text_area("Prompt", key="act_prompt", persist_state="session", height=110, max_chars=MAX_PROMPT_CHARS,
+                            placeholder="Type or paste text; tokens past the limit are cut.")
+        chat = st.checkbox("Wrap in the chat template", key="act_chat", persist_state="session", disabled=not chat_ok,
+                           help="For instruct models: analyse the prompt as a user message.")
+        if st.form_submit_button("Analyse", type="primary"):
+            st.session_state["act_run"] = (text, chat)
+
+
+def token_panel(ws, acts, feature: int) -> None:
+    """Pick a token; list the features it activates, with links to their cards."""
+    pos = st.selectbox("Token", range(len(acts.tokens)), key="act_token", persist_state="session",
+                       format_func=lambda i: f"{i}: {acts.tokens[i]}")
+    feats, vals = acts.features[pos], acts.values[pos]
+    err = acts.error_norm[pos] / acts.input_norm[pos] if acts.input_norm[pos] else 0.0
+    st.caption(f"Token {pos} activates {len(feats)} kept features; reconstruction error ‖x−x̂‖/‖x‖ = {err:.3f}")
+    table = pd.DataFrame({"feature": feats, "activation": vals, "label": [common.label(ws, f) for f in feats]})
+    st.dataframe(table, hide_index=True, width="stretch")
+    common.feature_links(ws, list(zip(feats[:8], vals[:8])), key="token_feature_links")
+
+
+def activations_page() -> None:
+    st.title("Token activations")
+    ws = common.current_workspace()
+    if ws is None:
+        return
+    prompt_form(ws)
+    run = st.session_state.get("act_run")
+    if run is None:
+        st.info("Type a prompt and press **Analyse** to see which features fire on each token.")
+        return
+    try:
+        acts = common.activations(ws, *run)
+    except PromptError as err:
+        st.error(str(err))
+        return
+    if acts.truncated_from:
+        st.warning(f"The prompt has {acts.truncated_from:,} tokens; only the first {MAX_PROMPT_TOKENS} were analysed.")
+    ranked = acts.top_features(n=500)
+    if not ranked:
+        st.info("No feature fires on this prompt.")
+        return
+    options = [f for f, _ in ranked]
+    want = st.session_state.pop("act_want_feature", None)
+    if want in options or st.session_state.get("act_feature") not in options:
+        st.session_state["act_feature"] = want if want in options else options[0]
+    feature = st.selectbox("Highlight feature (strongest first)", options, key="act_feature", persist_state="session",
+                           format_func=lambda f: f"{common.feature_name(ws, f)}  (max {dict(ranked)[f]:.3g})")
+    common.write_link(PAGE, {"prompt": run[0], **({"chat": "1"} if run[1] else {}), "feature": str(feature)})
+    values = acts.feature_values(feature)
+    vmax = common.max_act(ws, feature) or max(values)
+    with st.container(key="act_tokens"):
+        common.tokens_html(acts.tokens, values, vmax)
+    with st.container(horizontal=True):
+        st.page_link(common.PAGES["feature"], label=f"Open the card of #{feature}", icon=":material/style:",
+                     query_params={"feature": str(feature)}, disabled=ws.index is None)
+        relative = common.max_act(ws, feature) is not None
+        steer = f"{feature}:clamp:4x" if relative else f"{feature}:clamp:{4 * max(values):.3g}"
+        st.page_link(common.PAGES["steering"], label=f"Steer #{feature}", icon=":material/tune:",
+                     query_params={"steer": steer, "prompt": run[0]})
+    token_panel(ws, acts, feature)
+    heat, error = st.tabs(["Heatmap: tokens × top features", "Reconstruction error per token"])
+    top = options[:N_HEATMAP]
+    heat.plotly_chart(common.heatmap(ws, acts, top), key="act_heatmap")
+    error.plotly_chart(common.error_chart(acts), key="act_error")
+
+
+common.run_page(activations_page)

@@ -1,0 +1,222 @@
+"""Steering: clamp, scale, add to or ablate features and compare completions."""
+
+import streamlit as st
+
+from explorer import export
+from explorer.activations import PromptError
+from explorer.links import LIMITS, VALUE_RANGES, LinkState, to_query
+from explorer.steering import (
+    MODES,
+    GenerationSettings,
+    Intervention,
+    SteeringError,
+    generate_rows,
+)
+from pages import common
+
+PAGE = "steering"
+DEFAULT_PROMPT = "My favourite thing to do on a sunny day is"
+MAX_HISTORY = 50  # runs kept per session
+
+
+def add_item(feature: int, mode: str = "clamp", value: float | None = None, relative: bool | None = None) -> None:
+    """Add a feature to steer; seeds its widgets' state (callbacks run before widgets exist)."""
+    uid = st.session_state["steer_uid"] = st.session_state.get("steer_uid", 0) + 1
+    st.session_state.setdefault("steer_items", []).append({"uid": uid, "feature": int(feature)})
+    st.session_state[f"mode_{uid}"] = mode
+    st.session_state[f"rel_{uid}"] = True if relative is None else relative
+    if value is not None:
+        kind = "scale" if mode == "scale" else "rel" if relative else "abs"
+        st.session_state[f"val_{uid}_{kind}"] = float(value)
+
+
+def remove_item(uid: int) -> None:
+    st.session_state["steer_items"] = [i for i in st.session_state["steer_items"] if i["uid"] != uid]
+
+
+def load_link(ws, state: LinkState) -> None:
+    st.session_state["steer_items"] = []
+    for iv in state.steer:
+        if iv.relative and common.max_act(ws, iv.feature) is None:
+            st.error(f"Problem in the link: '{iv.describe()}' needs the feature's max activation, which is unknown "
+                     "(no index is loaded, or the feature never fired in it). "
+                     f"Using the absolute value {iv.value:g} instead: adjust it below.")
+            iv = Intervention(iv.feature, iv.mode, iv.value, relative=False)
+        add_item(iv.feature, iv.mode, iv.value, iv.relative)
+    st.session_state.update(steer_prompt=state.prompt or DEFAULT_PROMPT, steer_new=state.max_new_tokens,
+                            steer_temp=state.temperature, steer_top_p=state.top_p, steer_seed=state.seed,
+                            steer_chat=state.chat)
+
+
+def slider(label: str, kind: str, key: str, default: float, step: float, **kw):
+    st.session_state.setdefault(key, default)  # widget state is dropped while a widget is hidden
+    low, high = VALUE_RANGES[kind]
+    return st.slider(label, low, high, key=key, step=step, persist_state="session", **kw)
+
+
+def item_row(ws, item) -> Intervention:
+    uid, feature = item["uid"], item["feature"]
+    known = common.max_act(ws, feature)
+    with st.container(horizontal=True, vertical_alignment="bottom", key=f"steer_row_{uid}"):
+        st.markdown(f"**{common.feature_md(ws, feature)}**", width=220)
+        mode = st.selectbox("Mode", MODES, key=f"mode_{uid}", persist_state="session", width=120)
+        relative = False
+        if mode == "ablate":
+            value = 0.0
+            st.caption("sets the feature to 0 at every token")
+        elif mode == "scale":
+            value = slider("Factor", "scale", f"val_{uid}_scale", 2.0, 0.1)
+        else:
+            relative = known is not None and st.toggle("× max", key=f"rel_{uid}", persist_state="session",
+                                                       help="Value in multiples of the feature's max activation")
+            if relative:
+                value = slider(f"× max activation ({known:.3g})", "relative", f"val_{uid}_rel", 4.0, 0.25)
+            else:
+                st.session_state.setdefault(f"val_{uid}_abs", 10.0)
+                low, high = VALUE_RANGES["absolute"]
+                value = st.number_input("Value (activation units)", low, high, key=f"val_{uid}_abs",
+                                        persist_state="session", step=1.0, width=200)
+        st.button("Remove", key=f"rm_{uid}", on_click=remove_item, args=(uid,), icon=":material/delete:")
+    return Intervention(feature, mode, float(value), relative)
+
+
+def editor(ws) -> list[Intervention]:
+    st.subheader("Features to steer")
+    ivs = [item_row(ws, item) for item in st.session_state.setdefault("steer_items", [])]
+    if not ivs:
+        st.info("No feature yet: add one below, or open this page from a token or a feature card.")
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        new = st.number_input("Feature id", 0, ws.sae.cfg.d_sae - 1, key="steer_new_feature", persist_state="session",
+                              step=1, width=180)
+        known = common.max_act(ws, new) is not None
+        st.button("Add feature", on_click=add_item, args=(new, "clamp", 4.0 if known else 10.0, known), icon=":material/add:")
+        if ws.index is not None:
+            query = st.text_input("…or search labels", key="steer_search", width=260)
+            for f in ws.index.search(query.strip(), by="label", limit=6) if query.strip() else []:
+                st.button(f"Add {common.feature_md(ws, f)}", key=f"steer_hit_{f}", on_click=add_item,
+                          args=(f, "clamp", 4.0, True))
+    return ivs
+
+
+def settings_form() -> tuple[str, GenerationSettings]:
+    st.session_state.setdefault("steer_prompt", DEFAULT_PROMPT)
+    prompt = st.text_area("Prompt", key="steer_prompt", persist_state="session", height=90)
+    cols = st.columns(5)
+    for col, (name, key, step) in zip(cols, [("max_new_tokens", "steer_new", 1), ("temperature", "steer_temp", 0.05),
+                                             ("top_p", "steer_top_p", 0.05)]):
+        low, high, default = LIMITS[name]
+        st.session_state.setdefault(key, type(step)(default))
+        col.slider(name.replace("_", " "), type(step)(low), type(step)(high), key=key, step=step, persist_state="session")
+    st.session_state.setdefault("steer_seed", 0)
+    cols[3].number_input("seed", 0, int(LIMITS["seed"][1]), key="steer_seed", persist_state="session", step=1)
+    cols[4].checkbox("chat template", key="steer_chat", persist_state="session", help="Wrap the prompt as a user message (instruct models)")
+    s = st.session_state
+    return prompt, GenerationSettings(max_new_tokens=int(s.steer_new), temperature=float(s.steer_temp),
+                                      top_p=float(s.steer_top_p), seed=int(s.steer_seed), chat=bool(s.steer_chat))
+
+
+def compare(ws, prompt: str, ivs, settings) -> None:
+    """Side by side: streamed while generating, the last result otherwise."""
+    history = st.session_state.setdefault("steer_history", [])
+    clicked = st.button("Generate", type="primary", key="generate", icon=":material/play_arrow:")
+    left, right = st.columns(2)
+    left.markdown("**Unclamped**")
+    right.markdown("**Steered:** " + common.md(", ".join(iv.describe() for iv in ivs) or "nothing"))
+    boxes = (left.container(key="clean_out").empty(), right.container(key="steered_out").empty())
+    if clicked and not ivs:
+        st.error("No feature is steered. Fix: add at least one feature above.")
+    elif clicked:
+        try:
+            boxes[0].caption("waiting for the model…")
+            result = common.stream_pair(ws, prompt, ivs, settings, boxes)
+        except (SteeringError, PromptError) as err:
+            st.error(str(err))
+            return
+        n = history[0]["n"] + 1 if history else 1
+        history.insert(0, {"n": n, "result": result, "labels": {iv.feature: common.label(ws, iv.feature) for iv in ivs}})
+        del history[MAX_HISTORY:]
+    if history:
+        last = history[0]["result"]
+        boxes[0].text(last.clean.text)
+        boxes[1].text(last.steered.text)
+        common.result_diff(ws, last)
+
+
+def sweep(ws, prompt: str, ivs, settings) -> None:
+    st.subheader("Strength sweep")
+    if not ivs:
+        st.caption("Add a feature to sweep its strength.")
+        return
+    feature = st.selectbox("Feature", [iv.feature for iv in ivs], key="sweep_feature", persist_state="session", format_func=lambda f: common.feature_name(ws, f))
+    relative = common.max_act(ws, feature) is not None
+    unit = "× max activation" if relative else "activation units"
+    text = st.text_input(f"Clamp values ({unit}), comma-separated", "-4, -2, 0, 2, 4, 8" if relative else "-100, -10, 0, 10, 100",
+                         key="sweep_values", persist_state="session")
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()][:12]
+    except ValueError:
+        st.error("Clamp values must be numbers separated by commas, e.g. -4, 0, 4.")
+        return
+    if st.button("Run sweep", key="run_sweep", icon=":material/grid_view:") and values:
+        others = [iv for iv in ivs if iv.feature != feature]
+        rows = [others] + [others + [Intervention(feature, "clamp", v, relative)] for v in values]
+        try:
+            with st.spinner(f"Generating {len(rows)} completions in one batch…"):
+                done = generate_rows(ws.lm, ws.sae, prompt, rows, settings, ws.max_acts())
+        except (SteeringError, PromptError) as err:
+            st.error(str(err))
+            return
+        names = ["other features only" if others else "unsteered"] + [f"clamp #{feature} = {v:g}{'x' if relative else ''}" for v in values]
+        st.session_state["sweep"] = list(zip(names, [c.text for c in done]))
+    for start in range(0, len(st.session_state.get("sweep", [])), 3):
+        for col, (name, text) in zip(st.columns(3), st.session_state["sweep"][start:start + 3]):
+            with col.container(border=True):
+                st.caption(common.md(name))
+                st.text(text)
+
+
+@st.fragment
+def run_downloads(run) -> None:
+    result, n = run["result"], run["n"]
+    with st.container(horizontal=True):
+        st.download_button("JSON", export.dumps(export.steering_to_json(result, labels=run["labels"])).encode(),
+                           file_name=f"steering_run_{n}.json", mime="application/json", key=f"run_json_{n}", on_click="ignore")
+        st.download_button("Markdown", export.steering_to_markdown(result, labels=run["labels"]).encode(),
+                           file_name=f"steering_run_{n}.md", mime="text/markdown", key=f"run_md_{n}", on_click="ignore")
+
+
+def history_panel(ws) -> None:
+    history = st.session_state.get("steer_history", [])
+    if not history:
+        return
+    st.subheader("Runs this session")
+    for run in history:
+        result = run["result"]
+        title = f"Run {run['n']}: " + ", ".join(iv.describe() for iv in result.interventions)
+        with st.expander(common.md(title), expanded=False):
+            st.text(f"Prompt: {result.prompt}")
+            common.result_diff(ws, result)
+            run_downloads(run)
+
+
+def steering_page() -> None:
+    st.title("Steering")
+    ws = common.current_workspace()
+    if ws is None:
+        return
+    state, fresh = common.link(PAGE, ws)
+    if fresh and (state.steer or state.prompt):
+        load_link(ws, state)
+    if ws.index is None:
+        st.caption("No index is loaded, so values are absolute activations (no '× max').")
+    ivs = editor(ws)
+    prompt, settings = settings_form()
+    common.write_link(PAGE, to_query(LinkState(prompt=prompt, steer=tuple(ivs), max_new_tokens=settings.max_new_tokens,
+                                               temperature=settings.temperature, top_p=settings.top_p,
+                                               seed=settings.seed, chat=settings.chat)))
+    compare(ws, prompt, ivs, settings)
+    sweep(ws, prompt, ivs, settings)
+    history_panel(ws)
+
+
+common.run_page(steering_page)
