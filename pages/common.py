@@ -17,7 +17,7 @@ import streamlit as st
 from explorer import export, render
 from explorer.activations import MAX_PROMPT_TOKENS, token_activations
 from explorer.links import LinkState, parse_links
-from explorer.steering import SteeringResult, _completion, first_difference, stream_rows
+from explorer.steering import SteeringResult, completion, first_difference, stream_rows
 from explorer.tokens import token_strings
 from explorer.workspace import Workspace, open_workspace
 
@@ -308,7 +308,7 @@ def stream_pair(ws: Workspace, prompt: str, interventions, settings, boxes) -> S
                     row.append(token)
             for box, row in zip(boxes, ids):
                 box.text(ws.lm.tokenizer.decode(row))
-    clean, steered = (_completion(ws.lm, row, settings) for row in ids)
+    clean, steered = (completion(ws.lm, row, settings) for row in ids)
     return SteeringResult(prompt, tuple(interventions), settings, clean, steered,
                           first_difference(clean.token_ids, steered.token_ids))
 

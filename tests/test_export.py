@@ -118,7 +118,8 @@ def test_markdown_escapes_tokens():
 
 
 def test_markdown_renders_payload_as_text():
-    markdown_it = pytest.importorskip("markdown_it")
+    import markdown_it  # comes with streamlit (through rich)
+
     md = card_to_markdown(make_card(), **META) + "\n" + steering_to_markdown(steering_result())
     rendered = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(md)
     tags = {tag for tag, _ in parse(rendered).tags}
