@@ -929,19 +929,19 @@ class _TokenText:
         self.tokenizer = tokenizer
         self.cache: dict[int, tuple[str, str]] = {}
 
-    def _fill(self, ids) -> None:
-        missing = sorted({int(i) for i in ids} - self.cache.keys())
+    def _fill(self, ids) -> list[int]:
+        ids = ids.tolist() if hasattr(ids, "tolist") else [int(i) for i in ids]  # plain ints, fast
+        missing = sorted({i for i in ids if i not in self.cache})
         if missing:
             texts, shown = token_strings(self.tokenizer, missing)
             self.cache.update(zip(missing, zip(texts, shown)))
+        return ids
 
     def texts(self, ids) -> list[str]:
-        self._fill(ids)
-        return [self.cache[int(i)][0] for i in ids]
+        return [self.cache[i][0] for i in self._fill(ids)]
 
     def shown(self, ids) -> list[str]:
-        self._fill(ids)
-        return [self.cache[int(i)][1] for i in ids]
+        return [self.cache[i][1] for i in self._fill(ids)]
 
 
 _FEATURE_KEYS = ("count", "act_sum", "act_max", "hist_counts", "hist_edges", "q_low", "q_high", "q_fraction",

@@ -5,6 +5,7 @@ saves a screenshot of its page to assets/screenshots/ for the README. Timings
 are printed (run with -s to see them).
 """
 
+import contextlib
 import json
 import os
 import re
@@ -42,11 +43,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is not installed. Fix: apt-get install -y chromium (make test does it)"
+@contextlib.contextmanager
+def running_app(log: Path):
+    """`streamlit run app.py` on a free port until the block ends; yields its URL."""
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "streamlit.log"
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
            "--server.port", str(port), "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
     with open(log, "wb") as out:
@@ -57,7 +57,7 @@ def server(tmp_path_factory):
     try:
         for _ in range(240):
             if proc.poll() is not None:
-                pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
                     if r.read().decode().strip() == "ok":
@@ -66,7 +66,7 @@ def server(tmp_path_factory):
                 pass
             time.sleep(0.5)
         else:
-            pytest.fail(f"streamlit did not become healthy:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"streamlit did not become healthy:\n{log.read_text()[-3000:]}")
         yield url
     finally:
         proc.terminate()
@@ -75,6 +75,13 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is not installed. Fix: apt-get install -y chromium (make test does it)"
+    with running_app(tmp_path_factory.mktemp("server") / "streamlit.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
