@@ -339,6 +339,28 @@ class SAE(nn.Module):
         mu, std = _ln_stats(like)
         return out * std + mu
 
+    def decode_change(self, f: Tensor, f_new: Tensor, features: list[int], like: Tensor | None = None) -> Tensor:
+        """decode(f_new, like) - decode(f, like) when f and f_new differ only at `features`.
+
+        The decoder is affine in f (b_dec cancels; a per-token norm only scales), so
+        the edited features' decoder rows suffice: a steering step reads a few rows
+        of W_dec instead of all of it, twice."""
+        idx = torch.as_tensor(features, dtype=torch.long, device=self.W_dec.device)
+        rows = self.W_dec[idx]
+        change = (f_new[..., idx] - f[..., idx]).to(self.dtype)
+        if self.cfg.rescale_acts_by_decoder_norm:
+            change = change / rows.norm(dim=-1)
+        out = change @ rows
+        norm = self.cfg.normalize_activations
+        if norm not in _PER_TOKEN_NORMALIZATIONS:
+            return out
+        if like is None:
+            raise SAEError(f"this SAE normalises each token ({norm}): call decode_change(..., like=x)")
+        like = like.to(self.dtype)
+        if norm == "constant_norm_rescale":
+            return out / _norm_coeff(like, self.cfg.d_in)
+        return out * _ln_stats(like)[1]
+
     def forward(self, x: Tensor) -> Tensor:
         """(..., d_in) -> (..., d_in) reconstruction: decode(encode(x), like=x)."""
         return self.decode(self.encode(x), like=x)

@@ -114,6 +114,7 @@ def edit_features(f: torch.Tensor, edits: list[_Resolved]) -> torch.Tensor:
 def row_edit(sae: SAE, rows: list[list[_Resolved]]):
     """A hook edit that steers each batch row by its own list of edits."""
     steered = [i for i, edits in enumerate(rows) if edits]
+    features = [sorted({e.feature for e in edits}) for edits in rows]
 
     def edit(act: torch.Tensor) -> torch.Tensor | None:
         if not steered:
@@ -122,7 +123,7 @@ def row_edit(sae: SAE, rows: list[list[_Resolved]]):
         for i in steered:
             x = act[i].to(sae.dtype)
             f = sae.encode(x)
-            delta = sae.decode(edit_features(f, rows[i]), like=x) - sae.decode(f, like=x)
+            delta = sae.decode_change(f, edit_features(f, rows[i]), features[i], like=x)
             out[i] = (x + delta).to(act.dtype)
         return out
 

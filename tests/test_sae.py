@@ -579,3 +579,19 @@ def test_fold_activation_norm_scaling_factor(architecture):
 def test_fold_activation_norm_scaling_factor_refuses_per_token_norms():
     with pytest.raises(SAEError, match="cannot be folded"):
         fold_activation_norm_scaling_factor(uneven_sae("standard", normalize_activations="layer_norm"), 2.0)
+
+
+@pytest.mark.parametrize("architecture, cfg_kw", [
+    ("standard", {}), ("gated", {}), ("jumprelu", {"normalize_activations": "layer_norm"}),
+    ("topk", {"k": 3, "rescale_acts_by_decoder_norm": True}),
+    ("topk", {"k": 3, "normalize_activations": "constant_norm_rescale"}),
+])
+def test_decode_change_equals_difference_of_decodes(architecture, cfg_kw):
+    sae = uneven_sae(architecture, **cfg_kw)
+    x = torch.randn(6, 4)
+    f = sae.encode(x)
+    f_new = f.clone()
+    f_new[:, 2] = 5.0
+    f_new[:, 6] *= 3.0
+    want = sae.decode(f_new, like=x) - sae.decode(f, like=x)
+    torch.testing.assert_close(sae.decode_change(f, f_new, [2, 6], like=x), want, atol=1e-5, rtol=1e-5)
