@@ -67,6 +67,22 @@ def main() -> None:
     pair, plain = alternate(lambda: generate_pair(lm, sae, PROMPT, iv, settings), hf_generate, args.reps)
     print(f"1. generate_pair {pair:.3f}s vs model.generate {plain:.3f}s: ratio {pair / plain:.3f} (target <= 1.25)")
 
+    # transformers' own layout, as a plain `from_pretrained` user would run it
+    from transformers import AutoModelForCausalLM
+
+    from explorer.model import prepare_demo_model
+
+    stock = AutoModelForCausalLM.from_pretrained(prepare_demo_model(progress=False), dtype=torch.float32).eval()
+
+    def stock_generate():
+        with torch.inference_mode():
+            stock.generate(ids, max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False,
+                           pad_token_id=lm.tokenizer.eos_token_id)
+
+    pair, plain = alternate(lambda: generate_pair(lm, sae, PROMPT, iv, settings), stock_generate, args.reps)
+    print(f"   vs stock-layout model.generate {plain:.3f}s: ratio {pair / plain:.3f}")
+    del stock
+
     clamped, plain = alternate(lambda: generate_rows(lm, sae, PROMPT, [iv], settings), hf_generate, args.reps)
     print(f"2. clamped {args.tokens / clamped:.1f} tok/s vs model.generate {args.tokens / plain:.1f} tok/s: "
           f"ratio {plain / clamped:.3f} (target >= 0.95)")
