@@ -1,5 +1,6 @@
 """Feature card: what one feature responds to and what it promotes."""
 
+import functools
 import random
 
 import pandas as pd
@@ -78,14 +79,16 @@ def export_panel(ws, feature: int) -> None:
     st.subheader("Export")
     with st.container(horizontal=True):
         for fmt in FORMATS:
-            st.download_button(fmt.upper(), common.card_bytes(ws, feature, fmt), file_name=card_filename(feature, fmt),
+            # a callable: the file is made on click, so browsing cards does not pay for four exports
+            st.download_button(fmt.upper(), functools.partial(common.card_bytes, ws, feature, fmt),
+                               file_name=card_filename(feature, fmt),
                                mime=common.MIME[fmt], key=f"dl_{fmt}", on_click="ignore", icon=":material/download:")
     viewed = st.session_state.get("viewed", [feature])
     with st.container(horizontal=True, vertical_alignment="bottom"):
         several = st.multiselect("Cards for a zip (viewed this session)", viewed, default=[feature], key="zip_features")
         formats = st.multiselect("Formats", FORMATS, default=list(FORMATS), key="zip_formats")
     if several and formats:
-        st.download_button(f"Zip of {len(several)} card(s)", common.zip_bytes(ws, several, formats), key="dl_zip",
+        st.download_button(f"Zip of {len(several)} card(s)", functools.partial(common.zip_bytes, ws, several, formats), key="dl_zip",
                            file_name="feature_cards.zip", mime="application/zip", on_click="ignore", icon=":material/folder_zip:")
 
 
