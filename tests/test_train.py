@@ -19,13 +19,7 @@ N_WINDOWS, CONTEXT = 12, 33  # 12 * 32 = 384 tokens once BOS is dropped
 BOS = 257
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: on a busy shared CPU, a second OpenMP thread makes each op ~100x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
