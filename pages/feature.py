@@ -3,7 +3,6 @@
 import functools
 import random
 
-import pandas as pd
 import streamlit as st
 
 from explorer import render
@@ -111,7 +110,8 @@ def show_card(ws, card) -> None:
     left.plotly_chart(common.histogram(card), key="card_hist")
     for col, title, rows in ((mid, "Top logits", card.top_logits), (right, "Bottom logits", card.bottom_logits)):
         col.markdown(f"**{title}**")
-        col.dataframe(pd.DataFrame(rows, columns=["token", "logit"]), hide_index=True, width="stretch")
+        with col:
+            st.html(render.value_table(rows))
     vmax = card.max_activation if card.max_activation > 0 else 1.0
     st.subheader("Max-activating examples")
     st.toggle("Whole windows", key="card_whole", persist_state="session",

@@ -92,3 +92,11 @@ def test_diff_html_marks_first_difference():
     assert marked == [1, 4]  # token 1 of the clean row and of the steered row
     assert "first difference at generated token 1" in p.text
     assert "identical" in parse(diff_html(clean, clean, None)).text
+
+
+def test_value_table_escapes_tokens():
+    from explorer.render import value_table
+
+    html_out = value_table([("<script>alert(1)</script>", 1.5), ("␣the", -0.25)])
+    assert "<script>" not in html_out and "&lt;script&gt;" in html_out
+    assert "1.5" in html_out and "-0.25" in html_out
