@@ -13,7 +13,7 @@ from pathlib import Path
 
 from explorer.hooks import parse_hook
 from explorer.model import DEMO_MODEL, LoadedModel, load_model
-from explorer.sae import SAE, check_compatible, load_sae, random_sae, sae_fingerprint
+from explorer.sae import SAE, check_compatible, load_gemma_scope_npz, load_sae, random_sae, sae_fingerprint
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEMO_SAE = DATA_DIR / "demo" / "sae"
@@ -66,7 +66,13 @@ def open_sae(lm: LoadedModel, sae: str | None, hook: str | None = None, d_sae: i
         width = d_sae or 8 * lm.d_model
         loaded = random_sae(lm.d_model, width, architecture="topk", k=32, hook_name=hook, model_name=lm.name, seed=seed)
         return loaded.to(lm.device), RANDOM_SAE, f"random-{seed}"
-    loaded = load_sae(sae, device=lm.device)
+    if str(sae).endswith(".npz"):  # Gemma Scope params.npz: the hook is not in the file
+        if not hook:
+            raise WorkspaceError(f"{sae} is a Gemma Scope params.npz, which does not name its hook. "
+                                 "Fix: pass --hook, e.g. blocks.20.hook_resid_post")
+        loaded = load_gemma_scope_npz(sae, hook_name=hook, model_name=lm.name).to(lm.device)
+    else:
+        loaded = load_sae(sae, device=lm.device)
     if hook and loaded.cfg.hook_name and hook != loaded.cfg.hook_name:
         raise WorkspaceError(
             f"The SAE at {sae} was trained on {loaded.cfg.hook_name}, not {hook}. "
