@@ -39,6 +39,7 @@ from test_browser import (  # noqa: E402  (shares the browser tests' helpers)
 )
 from playwright.sync_api import sync_playwright  # noqa: E402
 
+from explorer.activations import encode_prompt  # noqa: E402
 from explorer.workspace import open_workspace  # noqa: E402
 
 
@@ -56,7 +57,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     ws = open_workspace("demo", progress=False)
-    ids = ws.lm.tokenizer(STEER_PROMPT, return_tensors="pt").input_ids
+    ids, _ = encode_prompt(ws.lm, STEER_PROMPT)  # the same tokens the app generates from
     features = random.Random(0).sample(range(ws.index.d_sae - args.cards - 1), 5)
 
     def plain_generate() -> float:

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from explorer.activations import token_activations
+from explorer.activations import encode_prompt, token_activations
 from explorer.hooks import run_to_hook
 from explorer.steering import GenerationSettings, Intervention, generate_pair, generate_rows
 from explorer.workspace import open_workspace
@@ -57,7 +57,7 @@ def main() -> None:
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     settings = GenerationSettings(max_new_tokens=args.tokens, stop_at_eos=False)
     iv = [Intervention(args.feature, "clamp", 10.0)]
-    ids = lm.tokenizer(PROMPT, return_tensors="pt").input_ids.to(lm.device)
+    ids, _ = encode_prompt(lm, PROMPT)  # the same tokens generate_pair starts from
 
     def hf_generate():
         with torch.inference_mode():
@@ -81,7 +81,6 @@ def main() -> None:
 
     pair, plain = alternate(lambda: generate_pair(lm, sae, PROMPT, iv, settings), stock_generate, args.reps)
     print(f"   vs stock-layout model.generate {plain:.3f}s: ratio {pair / plain:.3f}")
-    del stock
 
     clamped, plain = alternate(lambda: generate_rows(lm, sae, PROMPT, [iv], settings), hf_generate, args.reps)
     print(f"2. clamped {args.tokens / clamped:.1f} tok/s vs model.generate {args.tokens / plain:.1f} tok/s: "

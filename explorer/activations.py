@@ -56,6 +56,12 @@ def encode_prompt(lm: LoadedModel, text: str, chat: bool = False, max_tokens: in
         raise PromptError("The prompt is empty. Fix: type some text to analyse")
     formatted = format_prompt(lm.tokenizer, text, chat)
     ids = lm.tokenizer(formatted, return_tensors="pt", add_special_tokens=not chat).input_ids
+    bos = lm.tokenizer.bos_token_id
+    if bos is not None and ids[0, 0].item() != bos:
+        # SAEs are trained on windows that start with BOS (SAELens prepend_bos);
+        # without it the first token becomes the attention sink, whose outlier
+        # activation lights up every feature.
+        ids = torch.cat([torch.tensor([[bos]]), ids], dim=1)
     n = ids.shape[1]
     if n > max_tokens:
         return ids[:, :max_tokens].to(lm.device), n
@@ -98,6 +104,10 @@ def token_activations(
     x_hat = sae.decode(f, like=x)
     features, values = sparse_top(f.float(), top_k, threshold)
     id_list = ids[0].tolist()
+    if id_list[0] == lm.tokenizer.bos_token_id:
+        # The BOS position's outlier norm is outside what the SAE was trained on
+        # (training and the index skip it), so it lists no features.
+        features[0], values[0] = [], []
     texts, shown = token_strings(lm.tokenizer, id_list)
     return TokenActivations(
         token_ids=id_list,

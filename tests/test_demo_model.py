@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from explorer.activations import PromptError, token_activations
+from explorer.activations import PromptError, encode_prompt, token_activations
 from explorer.model import ModelError, load_model, prepare_demo_model
 from explorer.sae import random_sae
 from explorer.steering import GenerationSettings, Intervention, generate_pair, generate_rows
@@ -58,7 +58,8 @@ def test_pair_clean_row_equals_hf_generate(lm, sae):
     prompt = "The history of the printing press"
     settings = GenerationSettings(max_new_tokens=12, stop_at_eos=False)
     pair = generate_pair(lm, sae, prompt, [Intervention(100, "clamp", 50.0)], settings)
-    ids = lm.tokenizer(prompt, return_tensors="pt").input_ids
+    ids, _ = encode_prompt(lm, prompt)  # BOS first, as the SAE was trained
+    assert ids[0, 0].item() == lm.tokenizer.bos_token_id
     with torch.inference_mode():
         ref = lm.model.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False,
                                 pad_token_id=lm.tokenizer.eos_token_id)
@@ -71,6 +72,7 @@ def test_token_activations_on_demo(lm, sae):
     assert len(acts.tokens) == len(acts.token_ids) == len(acts.features)
     assert "↵" in "".join(acts.tokens)
     assert all(len(f) <= 32 for f in acts.features)  # topk SAE with k=32
+    assert acts.tokens[0] == "<|im_start|>" and acts.features[0] == []  # BOS: the outlier position
     assert all(e > 0 for e in acts.error_norm)
     cut = token_activations(lm, sae, "word " * 700, max_tokens=64)
     assert len(cut.tokens) == 64 and cut.truncated_from > 64

@@ -5,6 +5,7 @@ import pytest
 import torch
 from tiny import tiny_model
 
+from explorer.activations import encode_prompt
 from explorer.hooks import hooked, run_to_hook
 from explorer.sae import random_sae
 from explorer.steering import (
@@ -91,7 +92,7 @@ def test_decode_steps_are_steered_too(lm, sae):
     settings = GenerationSettings(max_new_tokens=12, stop_at_eos=False)
     ivs = [Intervention(11, "clamp", 30.0)]
     (steered,) = generate_rows(lm, sae, "The cat", [ivs], settings)
-    prompt_ids = lm.tokenizer("The cat", return_tensors="pt").input_ids
+    prompt_ids, _ = encode_prompt(lm, "The cat")
     full = torch.cat([prompt_ids, torch.tensor([steered.token_ids])], dim=1)
     with hooked(lm.model, {HOOK: row_edit(sae, [resolve(ivs, sae.cfg.d_sae)])}):
         logits = lm.model(full).logits[0]
