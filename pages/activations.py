@@ -29,7 +29,9 @@ def prompt_form(ws) -> None:
 
 def token_panel(ws, acts, feature: int) -> None:
     """Pick a token; list the features it activates, with links to their cards."""
-    pos = st.selectbox("Token", range(len(acts.tokens)), key="act_token", persist_state="session",
+    trace = acts.feature_values(feature)
+    peak = max(range(len(trace)), key=trace.__getitem__)  # start where the highlighted feature peaks
+    pos = st.selectbox("Token", range(len(acts.tokens)), index=peak, key="act_token", persist_state="session",
                        format_func=lambda i: f"{i}: {acts.tokens[i]}")
     feats, vals = acts.features[pos], acts.values[pos]
     err = acts.error_norm[pos] / acts.input_norm[pos] if acts.input_norm[pos] else 0.0
