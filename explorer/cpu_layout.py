@@ -1,0 +1,90 @@
+"""Weight layouts that make small-batch decoding fast on CPU.
+
+Decoding runs one or two rows at a time (a plain completion, or the unclamped
+and clamped rows of a steering pair). MKL's GEMM on AVX2 handles such tiny
+batches almost row by row: with transformers' stock layout a batch of two
+costs 1.6-1.8x a batch of one (../shared/reference/cpu-performance-notes.md).
+oneDNN's pre-packed ("blocked") weight layout, the one torch.compile's CPU
+backend uses, runs a two-row batch at about the cost of one row, and a one-row
+batch no slower than the best MKL layout (bench/bench_steering.py).
+
+`optimise_for_cpu` swaps every fp32 `nn.Linear` for a `PackedLinear` holding
+that layout. The packed copy replaces the weight, so memory does not grow,
+except for the output head, whose plain weight is kept because the feature
+index reads it (for a tied head it is the input embedding's own storage).
+Where this torch build has no oneDNN linear ops, weights are stored
+pre-transposed instead, the next best layout for MKL.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# The batch size oneDNN tunes the packed layout for. Measured on the demo
+# model: a hint of 64 serves 1-, 2- and prompt-sized batches equally well.
+PACK_BATCH_HINT = 64
+
+
+class PackedLinear(nn.Module):
+    """y = x @ W.T + b with W in oneDNN's packed layout (CPU, fp32, inference only)."""
+
+    def __init__(self, linear: nn.Linear, keep_weight: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach()
+        # An opaque oneDNN tensor: not a parameter or buffer, so state_dict and
+        # .to() never see it; the model must stay on CPU once packed.
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PACK_BATCH_HINT)
+        self.bias = linear.bias
+        if keep_weight:
+            self.weight = linear.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, layout=oneDNN packed"
+
+
+def can_pack() -> bool:
+    """True when this torch build runs oneDNN's packed linear and it agrees with F.linear."""
+    ops = torch.ops.mkldnn
+    if not (torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise")
+            and hasattr(ops, "_reorder_linear_weight")):
+        return False
+    try:
+        layer = nn.Linear(8, 3)
+        x = torch.randn(2, 8)
+        with torch.inference_mode():
+            return torch.allclose(PackedLinear(layer)(x), layer(x), atol=1e-5)
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def optimise_for_cpu(model: nn.Module) -> str:
+    """Give every fp32 Linear of a CPU model the fastest layout available; returns its name."""
+    if not can_pack():
+        transpose_linear_weights(model)
+        return "transposed"
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear and child.weight.dtype == torch.float32:
+                setattr(parent, name, PackedLinear(child, keep_weight=child is head))
+    return "oneDNN packed"
+
+
+def transpose_linear_weights(model: nn.Module) -> None:
+    """Store every Linear weight as the transpose of a contiguous [in, out] matrix.
+
+    Same values, same results; only the memory layout changes. F.linear then
+    multiplies by a contiguous [in, out] matrix, which MKL runs about twice as
+    fast for one- and two-row batches. A tied input embedding keeps sharing
+    the head's storage, so no memory is added."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.weight.is_contiguous():
+            shared = [m for m in model.modules() if isinstance(m, nn.Embedding) and m.weight is module.weight]
+            module.weight = nn.Parameter(module.weight.detach().t().contiguous().t(), requires_grad=False)
+            for embedding in shared:
+                embedding.weight = module.weight
