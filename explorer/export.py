@@ -67,14 +67,9 @@ def _vmax(card: FeatureCard) -> float:
     return max((v for ex in card.top_examples for v in ex.values), default=0.0)
 
 
-def _is_log(edges: list[float]) -> bool:
-    """Log-spaced histogram edges (the index's default) rather than equal-width ones."""
-    return len(edges) > 2 and edges[0] > 0 and (edges[2] - edges[1]) > 1.001 * (edges[1] - edges[0])
-
-
 def _midpoints(edges: list[float]) -> list[float]:
     """Bin centres: geometric for log-spaced edges, arithmetic otherwise."""
-    if _is_log(edges):
+    if render.is_log_spaced(edges):
         return [math.sqrt(a * b) for a, b in zip(edges[:-1], edges[1:])]
     return [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
 
@@ -242,7 +237,7 @@ def card_to_markdown(card: FeatureCard, *, model: str, hook: str, sae_id: str) -
     ]
     if card.hist_counts:
         lo, hi = (card.hist_edges[0], card.hist_edges[-1]) if card.hist_edges else (0.0, 0.0)
-        scale = ", log scale" if _is_log(card.hist_edges) else ""
+        scale = ", log scale" if render.is_log_spaced(card.hist_edges) else ""
         lines += [f"Activation histogram ({lo:.3g} to {hi:.3g}{scale}): {_sparkline(card.hist_counts)}", ""]
     lines += ["## Logits", ""] + _md_logits("top", card.top_logits) + [""]
     lines += _md_logits("bottom", card.bottom_logits) + [""]
@@ -306,23 +301,6 @@ h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.15em;margin-top:28px;border-
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
-def _svg_histogram(edges: list[float], counts: list[int], width: int = 600, height: int = 140) -> str:
-    top = max(counts, default=0)
-    if not counts or top <= 0:
-        return '<p class="muted">No nonzero activations.</p>'
-    plot_h, bar_w = height - 20, width / len(counts)
-    bars = []
-    for i, c in enumerate(counts):
-        h = plot_h * c / top
-        bars.append(f'<rect x="{i * bar_w:.2f}" y="{plot_h - h:.2f}" width="{max(bar_w - 1, 0.5):.2f}" '
-                    f'height="{h:.2f}" fill="#ff8c00"><title>{c}</title></rect>')
-    lo, hi = (edges[0], edges[-1]) if edges else (0.0, 0.0)
-    labels = (f'<text x="0" y="{height - 4}" font-size="11" fill="#555">{lo:.3g}</text>'
-              f'<text x="{width}" y="{height - 4}" font-size="11" fill="#555" text-anchor="end">{hi:.3g}</text>')
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" role="img">{"".join(bars)}{labels}</svg>')
-
-
 def _html_logits(title: str, rows: list[tuple[str, float]], scale: float, fill: str) -> str:
     out = [f"<table><tr><th>{render.escape(title)}</th><th></th><th class='num'>logit</th></tr>"]
     for tok, v in rows:
@@ -334,7 +312,7 @@ def _html_logits(title: str, rows: list[tuple[str, float]], scale: float, fill: 
 
 
 def _html_example(ex: Example, vmax: float) -> str:
-    spans = render.token_spans(ex.tokens, ex.values, vmax, peak=_peak(ex))
+    spans = render.token_spans(ex.tokens, ex.values, vmax, peak=_peak(ex), plain_zeros=True)
     return f'<div class="ex"><span class="num">{ex.activation:.3g}</span>{spans}</div>'
 
 
@@ -350,8 +328,8 @@ def card_to_html(card: FeatureCard, *, model: str, hook: str, sae_id: str) -> st
         "<table><tr><th>density</th><th>max</th><th>mean</th><th>tokens scanned</th></tr>",
         f'<tr><td class="num">{card.density:.4%}</td><td class="num">{card.max_activation:.4g}</td>'
         f'<td class="num">{card.mean_activation:.4g}</td><td class="num">{card.n_tokens:,}</td></tr></table>',
-        f"<h2>Activation histogram (nonzero activations{', log scale' if _is_log(card.hist_edges) else ''})</h2>",
-        _svg_histogram(card.hist_edges, card.hist_counts),
+        f"<h2>Activation histogram (nonzero activations{', log scale' if render.is_log_spaced(card.hist_edges) else ''})</h2>",
+        render.histogram_html(card.hist_edges, card.hist_counts),
         "<h2>Logits</h2>",
         '<div class="cols">' + _html_logits("top", card.top_logits, scale, "#2a9d4b")
         + _html_logits("bottom", card.bottom_logits, scale, "#d04040") + "</div>",
@@ -412,7 +390,7 @@ def _blend(alpha: float, rgb=(255, 140, 0)) -> tuple[int, int, int]:
 
 
 def _png_histogram(draw, card: FeatureCard, x: int, y: int, w: int, h: int, fonts) -> None:
-    title = "activation histogram (nonzero" + (", log scale)" if _is_log(card.hist_edges) else ")")
+    title = "activation histogram (nonzero" + (", log scale)" if render.is_log_spaced(card.hist_edges) else ")")
     draw.text((x, y), title, font=fonts["small"], fill="#555")
     top, plot_y, plot_h = max(card.hist_counts, default=0), y + 22, h - 44
     draw.rectangle([x, plot_y, x + w, plot_y + plot_h], outline="#ccc")

@@ -13,6 +13,8 @@ standalone exported pages.
 - `token_spans(tokens, values, vmax, peak=...)`: one coloured span per token.
 - `diff_html(clean_tokens, steered_tokens, diverge_at)`: two completions, the
   first differing token marked.
+- `value_table(rows)`, `logit_tables(top, bottom)`: small tables of (token, value).
+- `histogram_html(edges, counts)`: a histogram as plain HTML bars (numbers only).
 """
 
 from __future__ import annotations
@@ -78,16 +80,23 @@ def token_spans(
     *,
     peak: int | None = None,
     title_values: bool = True,
+    plain_zeros: bool = False,
 ) -> str:
     """One `<span>` per display token, its background showing value/vmax.
 
     `tokens` are display strings (whitespace already made visible); each is
     escaped. `peak`, an index into `tokens`, is drawn bold and underlined.
-    With `title_values` each span's tooltip gives its value."""
+    With `title_values` each span's tooltip gives its value. With `plain_zeros`
+    tokens at zero (other than the peak) are plain text with no span: a card's
+    examples are mostly zeros, and the browser sanitises and lays out every
+    element of them."""
     if len(tokens) != len(values):
         raise ValueError(f"{len(tokens)} tokens but {len(values)} values; they must pair up one to one")
     parts = []
     for i, (tok, value) in enumerate(zip(tokens, values)):
+        if plain_zeros and i != peak and float(value) == 0.0:
+            parts.append(token_html(tok))
+            continue
         style = f"background:{colour(value, vmax)};{_TOKEN_STYLE}"
         if i == peak:
             style += _PEAK_STYLE
@@ -135,3 +144,41 @@ def value_table(rows: list[tuple[str, float]], headers: tuple[str, str] = ("toke
     body = "".join(f"<tr><td {cell}>{token_html(tok)}</td><td {cell} align=right>{_fmt(v)}</td></tr>" for tok, v in rows)
     head = "".join(f'<th {cell} align=left>{escape(h)}</th>' for h in headers)
     return f'<table style="border-collapse:collapse;font-size:0.85em"><tr>{head}</tr>{body}</table>'
+
+
+def logit_tables(top: list[tuple[str, float]], bottom: list[tuple[str, float]]) -> str:
+    """The top and bottom logit tables of a card, side by side."""
+    cols = "".join(f'<div><div style="font-weight:600;margin-bottom:4px">{title}</div>{value_table(rows)}</div>'
+                   for title, rows in (("Top logits", top), ("Bottom logits", bottom)))
+    return f'<div style="display:flex;gap:32px;flex-wrap:wrap">{cols}</div>'
+
+
+def is_log_spaced(edges: list[float]) -> bool:
+    """Log-spaced histogram edges (the index's default) rather than equal-width ones."""
+    return len(edges) > 2 and edges[0] > 0 and (edges[2] - edges[1]) > 1.001 * (edges[1] - edges[0])
+
+
+def histogram_html(edges: list[float], counts: list[int], height: int = 130) -> str:
+    """Bars for `counts` between `edges`, as plain HTML with a tooltip per bar.
+
+    Plain divs rather than SVG or a chart library: Streamlit's st.html
+    sanitiser drops SVG, a chart library costs the browser far more on a page
+    that redraws on every click, and the same markup works in a standalone
+    file. Leading and trailing empty bins are dropped."""
+    used = [i for i, c in enumerate(counts) if c > 0]
+    if not used or len(edges) != len(counts) + 1:
+        return '<p style="color:#666">No nonzero activations.</p>'
+    log = is_log_spaced(edges)
+    lo, hi = used[0], used[-1] + 1
+    edges, counts = edges[lo:hi + 1], counts[lo:hi]
+    top = max(counts)
+    bars = "".join(
+        f'<div title="{_fmt(edges[i])} to {_fmt(edges[i + 1])}: {int(c):,} tokens" '
+        f'style="flex:1;height:{100 * c / top:.1f}%;min-height:{1 if c else 0}px;background:#ff8c00"></div>'
+        for i, c in enumerate(counts)
+    )
+    axis = f"activation{', log scale' if log else ''} · tallest bar {int(top):,} tokens"
+    return (f'<div style="display:flex;align-items:flex-end;gap:1px;height:{height}px;'
+            f'border-bottom:1px solid #bbb;max-width:640px">{bars}</div>'
+            '<div style="display:flex;justify-content:space-between;color:#555;font-size:0.8em;max-width:640px">'
+            f"<span>{_fmt(edges[0])}</span><span>{axis}</span><span>{_fmt(edges[-1])}</span></div>")

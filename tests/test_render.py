@@ -6,7 +6,15 @@ from html.parser import HTMLParser
 
 import pytest
 
-from explorer.render import colour, diff_html, escape, token_spans, visible
+from explorer.render import (
+    colour,
+    diff_html,
+    escape,
+    histogram_html,
+    logit_tables,
+    token_spans,
+    visible,
+)
 
 PAYLOADS = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "&amp;", "'onmouseover='x"]
 
@@ -100,3 +108,30 @@ def test_value_table_escapes_tokens():
     html_out = value_table([("<script>alert(1)</script>", 1.5), ("␣the", -0.25)])
     assert "<script>" not in html_out and "&lt;script&gt;" in html_out
     assert "1.5" in html_out and "-0.25" in html_out
+
+
+def test_plain_zeros_leave_zero_tokens_as_escaped_text():
+    out = token_spans(PAYLOADS + ["x"], [0.0, 0.0, 1.0, 0.0, 0.0], 2.0, peak=1, plain_zeros=True)
+    p = parse(out)
+    assert {tag for tag, _ in p.tags} <= {"div", "span"}  # the payloads stay text
+    spans = [attrs for tag, attrs in p.tags if tag == "span"]
+    assert [s["title"] for s in spans] == ["0", "1"]  # the peak (even at zero) and the active token
+    assert p.text == "".join(PAYLOADS) + "x"
+
+
+def test_histogram_html_trims_empty_bins_and_labels_each_bar():
+    edges = [0.1 * 2**i for i in range(7)]  # log-spaced
+    out = histogram_html(edges, [0, 2, 8, 0, 4, 0])
+    bars = [attrs for tag, attrs in parse(out).tags if tag == "div" and "title" in attrs]
+    assert [b["title"] for b in bars] == ["0.2 to 0.4: 2 tokens", "0.4 to 0.8: 8 tokens", "0.8 to 1.6: 0 tokens",
+                                          "1.6 to 3.2: 4 tokens"]
+    assert "height:25.0%" in bars[0]["style"] and "height:100.0%" in bars[1]["style"]
+    assert "log scale" in parse(out).text
+    assert "log scale" not in parse(histogram_html([0.0, 1.0, 2.0, 3.0], [1, 1, 1])).text
+    assert parse(histogram_html(edges, [0] * 6)).text == "No nonzero activations."
+
+
+def test_logit_tables_escape_tokens():
+    p = parse(logit_tables([(PAYLOADS[0], 1.5)], [(PAYLOADS[1], -2.0)]))
+    assert {tag for tag, _ in p.tags} <= {"div", "table", "tr", "th", "td"}
+    assert PAYLOADS[0] in p.text and PAYLOADS[1] in p.text and "Bottom logits" in p.text
