@@ -16,10 +16,10 @@ from typing import Iterator, Mapping
 
 import torch
 
+from explorer.activations import encode_prompt
 from explorer.hooks import hooked
 from explorer.model import LoadedModel, new_cache
 from explorer.sae import SAE
-from explorer.activations import encode_prompt
 
 MODES = ("clamp", "scale", "add", "ablate")
 
@@ -216,11 +216,19 @@ def generate_pair(
     interventions: list[Intervention],
     settings: GenerationSettings = GenerationSettings(),
     max_acts: Mapping[int, float] | None = None,
+    clean: Completion | None = None,
 ) -> SteeringResult:
-    """The unclamped and the clamped completion, as one batch of two rows."""
+    """The unclamped and the clamped completion, as one batch of two rows.
+
+    `clean`: the unclamped completion of an earlier run with the same prompt and
+    settings; it does not depend on the interventions, so only the clamped row is
+    generated (batch one)."""
     if not interventions:
         raise SteeringError("No feature is steered. Fix: add at least one intervention")
-    clean, steered = generate_rows(lm, sae, prompt, [[], list(interventions)], settings, max_acts)
+    if clean is None:
+        clean, steered = generate_rows(lm, sae, prompt, [[], list(interventions)], settings, max_acts)
+    else:
+        (steered,) = generate_rows(lm, sae, prompt, [list(interventions)], settings, max_acts)
     return SteeringResult(
         prompt=prompt,
         interventions=tuple(interventions),

@@ -117,6 +117,16 @@ def test_pair_rows_equal_separate_generations(lm, sae, settings):
     assert pair.diverge_at is not None
 
 
+def test_pair_reuses_an_earlier_clean_completion(lm, sae):
+    settings = GenerationSettings(max_new_tokens=8, stop_at_eos=False)
+    first = generate_pair(lm, sae, "Once upon", [Intervention(11, "clamp", 30.0)], settings)
+    ivs = [Intervention(5, "add", -20.0)]
+    again = generate_pair(lm, sae, "Once upon", ivs, settings, clean=first.clean)
+    fresh = generate_pair(lm, sae, "Once upon", ivs, settings)
+    assert again.clean is first.clean
+    assert again.steered == fresh.steered and again.diverge_at == fresh.diverge_at
+
+
 def test_pair_needs_an_intervention(lm, sae):
     with pytest.raises(SteeringError, match="No feature"):
         generate_pair(lm, sae, "hi", [])
