@@ -7,8 +7,10 @@ through `explorer`, whose functions take the model's lock.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
@@ -27,6 +29,9 @@ NO_INDEX = ("No feature index is loaded, so there are no feature cards, labels, 
             "Fix: build one with `explorer index` and choose its folder in the sidebar.")
 UNTRAINED = ("UNTRAINED SAE: random weights, so its features mean nothing. "
              "Use it to try the tool; choose a trained SAE folder in the sidebar for real features.")
+# Streamed completions are redrawn at most this often: every redraw is a message
+# the browser renders on the same CPU that generates.
+STREAM_EVERY_S = 0.25
 MIME = {"json": "application/json", "md": "text/markdown", "html": "text/html", "png": "image/png"}
 
 
@@ -78,7 +83,13 @@ class Choice:
 @st.cache_resource(show_spinner="Loading model, SAE and index…", max_entries=2)
 def get_workspace(model: str, sae: str, index: str) -> Workspace:
     """One workspace per choice, shared by every session of this process."""
-    return open_workspace(model=model, sae=sae or None, index=index or None, progress=False)
+    ws = open_workspace(model=model, sae=sae or None, index=index or None, progress=False)
+    # torch, transformers and the workspace leave ~450k long-lived Python objects;
+    # every full garbage collection walked them all, a 200-400 ms pause about once
+    # a second while pages rerun. Frozen objects are never walked again.
+    gc.collect()
+    gc.freeze()
+    return ws
 
 
 def choice() -> Choice:
@@ -280,37 +291,51 @@ def error_chart(acts) -> go.Figure:
     return fig
 
 
-def histogram(c) -> go.Figure:
-    """The nonzero activations' histogram; the index's bins are log-spaced, so is the axis."""
-    used = [i for i, n in enumerate(c.hist_counts) if n]
-    lo, hi = (used[0], used[-1] + 1) if used else (0, len(c.hist_counts))
-    edges, counts = c.hist_edges[lo:hi + 1], c.hist_counts[lo:hi]
-    fig = go.Figure(go.Scatter(x=edges, y=counts + counts[-1:], line_shape="hv", fill="tozeroy",
-                               line_color="#ff8c00", hovertemplate="from %{x:.3g}: %{y} tokens<extra></extra>"))
-    fig.update_layout(height=260, margin={"l": 10, "r": 10, "t": 10, "b": 10}, xaxis_title="activation (nonzero, log scale)",
-                      yaxis_title="tokens", xaxis_type="log")
-    return fig
+def histogram_html(card) -> str:
+    """The nonzero activations' histogram; the index's bins are log-spaced unless built otherwise."""
+    title = '<div style="font-weight:600;margin-bottom:4px">Activation histogram (nonzero activations)</div>'
+    return title + render.histogram_html(card.hist_edges, card.hist_counts)
 
 
 # ---------------------------------------------------------------- steering
 
 
-def stream_pair(ws: Workspace, prompt: str, interventions, settings, boxes) -> SteeringResult:
-    """Generate clean and steered completions as one batch, showing each step in
-    `boxes` (two st.empty). The generator holds the model lock, so it is closed
-    even when a rerun interrupts the loop."""
-    ids: list[list[int]] = [[], []]
-    rows = [[], list(interventions)]
+def show_rows(ws: Workspace, boxes, ids: list[list[int]]) -> None:
+    for box, row in zip(boxes, ids):
+        box.text(ws.lm.tokenizer.decode(row))
+
+
+def stream_pair(ws: Workspace, prompt: str, interventions, settings, boxes, clean=None) -> SteeringResult:
+    """Generate clean and steered completions as one batch, showing them in
+    `boxes` (two st.empty) as they grow. A `clean` completion from an earlier run
+    with the same prompt and settings is shown at once and only the steered row
+    is generated. The generator holds the model lock, so it is closed even when
+    a rerun interrupts the loop."""
+    ids: list[list[int]] = [list(clean.token_ids) if clean else [], []]
+    rows = [list(interventions)] if clean else [[], list(interventions)]
+    growing = ids[1:] if clean else ids
+    shown = 0.0
     with contextlib.closing(stream_rows(ws.lm, ws.sae, prompt, rows, settings, ws.max_acts())) as steps:
         for step in steps:
-            for row, token in zip(ids, step):
+            for row, token in zip(growing, step):
                 if token is not None:
                     row.append(token)
-            for box, row in zip(boxes, ids):
-                box.text(ws.lm.tokenizer.decode(row))
-    clean, steered = (completion(ws.lm, row, settings) for row in ids)
+            if time.monotonic() - shown >= STREAM_EVERY_S:
+                show_rows(ws, boxes, ids)
+                shown = time.monotonic()
+    show_rows(ws, boxes, ids)
+    clean, steered = clean or completion(ws.lm, ids[0], settings), completion(ws.lm, ids[1], settings)
     return SteeringResult(prompt, tuple(interventions), settings, clean, steered,
                           first_difference(clean.token_ids, steered.token_ids))
+
+
+def earlier_clean(ws: Workspace, history: list[dict], prompt: str, settings):
+    """The unclamped completion of an earlier run of this workspace with the same prompt and settings."""
+    for run in history:
+        r = run["result"]
+        if run.get("ws") == ws_key(ws) and r.prompt == prompt and r.settings == settings:
+            return r.clean
+    return None
 
 
 def display_tokens(ws: Workspace, ids: list[int]) -> list[str]:

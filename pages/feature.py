@@ -11,6 +11,9 @@ from pages import common
 
 PAGE = "feature"
 CONTEXT = (24, 12)  # tokens shown before and after an example's peak
+# The browser skips laying out examples that are off screen: Streamlit measures
+# its elements after every update, and each measure would lay out all of them.
+LAZY = "content-visibility:auto;contain-intrinsic-size:auto 90px"
 
 
 def step(delta: int, d_sae: int) -> None:
@@ -21,11 +24,9 @@ def jump(feature: int) -> None:
     st.session_state["feature_id"] = int(feature)
 
 
-def picker(ws, state, fresh: bool) -> int:
+def picker(ws) -> int:
     """Feature id box, previous / next / random, and search."""
     d_sae = ws.sae.cfg.d_sae
-    if fresh and state.feature is not None:
-        st.session_state["feature_id"] = state.feature
     st.session_state.setdefault("feature_id", 0)
     with st.container(horizontal=True, vertical_alignment="bottom"):
         st.number_input("Feature id", 0, d_sae - 1, key="feature_id", persist_state="session", step=1, width=180)
@@ -64,19 +65,44 @@ def label_editor(ws, card) -> None:
         st.caption(f"Auto label: {common.md(card.auto_label)}")
 
 
-def examples(items, vmax: float) -> None:
-    """Each example around its peak token (marked), or whole when asked.
-
-    One HTML element for the whole list: the browser renders a card's ~50
-    examples far faster as one element than as a hundred."""
+def examples_html(items, vmax: float) -> str:
+    """Each example around its peak token (marked), or whole when asked."""
     whole = st.session_state.get("card_whole", False)
     parts = []
     for ex in items:
         a, b = (0, len(ex.tokens)) if whole else (max(0, ex.position - CONTEXT[0]), ex.position + CONTEXT[1] + 1)
-        parts.append(f'<div style="color:#808495;font-size:0.8em;margin-top:0.7em">activation {ex.activation:.3g}'
-                     f" · window {ex.window}, token {ex.position}</div>")  # numbers only: nothing to escape
-        parts.append(render.token_spans(ex.tokens[a:b], ex.values[a:b], vmax, peak=ex.position - a))
-    st.html("".join(parts))
+        # numbers only in the caption: nothing to escape
+        caption = (f'<div style="color:#808495;font-size:0.8em;margin-top:0.7em">activation {ex.activation:.3g}'
+                   f" · window {ex.window}, token {ex.position}</div>")
+        spans = render.token_spans(ex.tokens[a:b], ex.values[a:b], vmax, peak=ex.position - a, plain_zeros=True)
+        parts.append(f'<div style="{LAZY}">{caption}{spans}</div>')
+    return "".join(parts)
+
+
+def quantiles_html(quantiles, vmax: float) -> str:
+    """Every activation range as a native <details>: one element for them all."""
+    return "".join(
+        f'<details style="margin:0.3em 0"><summary style="cursor:pointer">{q.low:.3g} to {q.high:.3g} · '
+        f"{q.fraction:.2%} of activations</summary>{examples_html(q.examples, vmax)}</details>"
+        for q in quantiles
+    )
+
+
+def open_picked(key: str) -> None:
+    """A related feature was picked: open its card and clear the pick."""
+    picked = st.session_state[key]
+    st.session_state[key] = None
+    if picked is not None:
+        st.session_state["feature_id"] = int(picked)
+
+
+def related(ws, title: str, pairs, key: str) -> None:
+    """Related features as one row of pills: a click opens that card."""
+    names = {f: f"{common.feature_md(ws, f)} ({score:.2f})" for f, score in pairs}
+    if not names:
+        st.caption(f"{title}: none")
+        return
+    st.pills(title, list(names), format_func=names.get, key=key, on_change=open_picked, args=(key,))
 
 
 @st.fragment
@@ -106,28 +132,26 @@ def show_card(ws, card) -> None:
     cols[1].metric("Max activation", f"{card.max_activation:.4g}")
     cols[2].metric("Mean activation", f"{card.mean_activation:.4g}")
     cols[3].metric("Tokens scanned", f"{card.n_tokens:,}")
-    left, mid, right = st.columns([2, 1, 1])
-    left.plotly_chart(common.histogram(card), key="card_hist")
-    for col, title, rows in ((mid, "Top logits", card.top_logits), (right, "Bottom logits", card.bottom_logits)):
-        col.markdown(f"**{title}**")
-        with col:
-            st.html(render.value_table(rows))
+    left, right = st.columns([1, 1])
+    with left:
+        st.html(common.histogram_html(card))
+    with right:
+        st.html(render.logit_tables(card.top_logits, card.bottom_logits))
     vmax = card.max_activation if card.max_activation > 0 else 1.0
     st.subheader("Max-activating examples")
     st.toggle("Whole windows", key="card_whole", persist_state="session",
               help=f"Off: {CONTEXT[0]} tokens before and {CONTEXT[1]} after each peak token")
+    # One HTML element per list: the browser renders a card's ~50 examples far
+    # faster as one element than as dozens of widgets.
     with st.container(key="card_examples"):
-        examples(card.top_examples, vmax)
+        st.html(examples_html(card.top_examples, vmax))
     if card.quantiles:
         st.subheader("Samples by activation range")
-        for q in card.quantiles:
-            with st.expander(f"{q.low:.3g} to {q.high:.3g} · {q.fraction:.2%} of activations"):
-                examples(q.examples, vmax)
+        with st.container(key="card_quantiles"):
+            st.html(quantiles_html(card.quantiles, vmax))
     st.subheader("Related features")
-    st.markdown("Decoder neighbours (cosine similarity)")
-    common.feature_links(ws, card.neighbours, key="neighbours")
-    st.markdown("Co-occurring features")
-    common.feature_links(ws, card.cooccurring, key="cooccurring")
+    related(ws, "Decoder neighbours (cosine similarity)", card.neighbours, "neighbours")
+    related(ws, "Co-occurring features (Jaccard)", card.cooccurring, "cooccurring")
 
 
 def feature_page() -> None:
@@ -139,7 +163,16 @@ def feature_page() -> None:
     if ws.index is None:
         st.info(common.NO_INDEX)
         return
-    feature = picker(ws, state, fresh)
+    if fresh and state.feature is not None:
+        st.session_state["feature_id"] = state.feature
+    browse(ws)
+
+
+@st.fragment
+def browse(ws) -> None:
+    """The picker and the card. A fragment: moving to another card reruns and
+    redraws only this part of the page, not the sidebar and title."""
+    feature = picker(ws)
     card = common.card(ws, feature)
     st.page_link(common.PAGES["steering"], label=f"Steer this feature (clamp #{feature} to 4x its max)",
                  icon=":material/tune:", query_params={"steer": f"{feature}:clamp:4x"})

@@ -127,13 +127,14 @@ def compare(ws, prompt: str, ivs, settings) -> None:
         st.error("No feature is steered. Fix: add at least one feature above.")
     elif clicked:
         try:
-            boxes[0].caption("waiting for the model…")
-            result = common.stream_pair(ws, prompt, ivs, settings, boxes)
+            clean = common.earlier_clean(ws, history, prompt, settings)
+            boxes[1 if clean else 0].caption("waiting for the model…")
+            result = common.stream_pair(ws, prompt, ivs, settings, boxes, clean)
         except (SteeringError, PromptError) as err:
             st.error(str(err))
             return
         n = history[0]["n"] + 1 if history else 1
-        history.insert(0, {"n": n, "result": result, "labels": {iv.feature: common.label(ws, iv.feature) for iv in ivs}})
+        history.insert(0, {"n": n, "ws": common.ws_key(ws), "result": result, "labels": {iv.feature: common.label(ws, iv.feature) for iv in ivs}})
         del history[MAX_HISTORY:]
     if history:
         last = history[0]["result"]

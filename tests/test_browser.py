@@ -232,8 +232,16 @@ def test_feature_card_from_token(tab):
     tab.page.get_by_role("heading", name=re.compile(rf"^#{feature}\b"), level=2).wait_for(timeout=RUN_MS)
     print(f"\n[timing] feature card #{feature}: {time.perf_counter() - start:.1f} s from click to card")
     assert tab.key("card_examples").locator("span").count() > 0
+    assert tab.page.locator("[title$=' tokens']").count() > 0  # the histogram's bars
     tab.no_exception()
     tab.shot("feature_card", height=3000)
+    # a related feature's pill opens its card in the same session
+    pill = tab.key("neighbours").get_by_role("radio").first
+    other = int(re.match(r"#(\d+)", pill.inner_text()).group(1))
+    pill.click()
+    tab.page.get_by_role("heading", name=re.compile(rf"^#{other}\b"), level=2).wait_for(timeout=RUN_MS)
+    assert f"feature={other}" in tab.page.url
+    tab.no_exception()
 
 
 def test_steering_gives_two_different_completions(tab):
