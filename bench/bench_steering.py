@@ -53,7 +53,7 @@ def main() -> None:
 
     ws = open_workspace("demo", sae=args.sae, progress=False)
     lm, sae = ws.lm, ws.sae
-    print(f"# {ws.describe()}")
+    print(f"# {ws.describe()}; Linear weights: {lm.layout}")
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     settings = GenerationSettings(max_new_tokens=args.tokens, stop_at_eos=False)
     iv = [Intervention(args.feature, "clamp", 10.0)]
