@@ -32,11 +32,11 @@ from playwright.sync_api import sync_playwright
 from test_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
-    RUN_MS,
     STEER_PROMPT,
     Tab,
     analyse,
     generate,
+    generate_all,
     running_app,
     steer_path,
 )
@@ -165,14 +165,7 @@ def concurrent_sessions(browser, tab, url: str, features: list[int]) -> None:
         tab.open(path)
         alone.append(generate(tab)[:2])
     tabs = [Tab(browser, url).open(path) for path in paths]
-    for t in tabs:
-        t.page.get_by_role("button", name="Generate").click()
-    together = []
-    for t in tabs:
-        t.page.get_by_text("Runs this session").wait_for(timeout=RUN_MS)
-        t.wait()
-        together.append((t.key("clean_out").inner_text().strip(), t.key("steered_out").inner_text().strip()))
-        t.no_exception()
+    together = generate_all(tabs)
     same = sum(a == b for a, b in zip(alone, together))
     errors = sum(len(t.errors) for t in tabs)
     print(f"4. four concurrent sessions: {same}/4 equal to the same request alone, {errors} page errors")

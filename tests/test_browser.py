@@ -181,6 +181,19 @@ def steer_path(feature: int, activation: float, indexed: bool, new_tokens: int =
     return f"/steering?steer={feature}:clamp:{value}&prompt={quote(STEER_PROMPT)}&max_new_tokens={new_tokens}"
 
 
+def generate_all(tabs: list[Tab]) -> list[tuple[str, str]]:
+    """Click Generate in every tab at once; each tab's (clean, steered) once all are done."""
+    for t in tabs:
+        t.page.get_by_role("button", name="Generate").click()
+    results = []
+    for t in tabs:
+        t.page.get_by_text("Runs this session").wait_for(timeout=RUN_MS)
+        t.wait()
+        results.append((t.key("clean_out").inner_text().strip(), t.key("steered_out").inner_text().strip()))
+        t.no_exception()
+    return results
+
+
 def generate(tab: Tab) -> tuple[str, str, float]:
     start = time.perf_counter()
     tab.page.get_by_role("button", name="Generate").click()
@@ -348,14 +361,7 @@ def test_concurrent_sessions_steer_independently(tab, browser, server):
         for t, path in zip(tabs, paths):
             t.open(path)
         start = time.perf_counter()
-        for t in tabs:  # four clicks at once: the sessions queue on the model's lock
-            t.page.get_by_role("button", name="Generate").click()
-        together = []
-        for t in tabs:
-            t.page.get_by_text("Runs this session").wait_for(timeout=RUN_MS)
-            t.wait()
-            together.append((t.key("clean_out").inner_text().strip(), t.key("steered_out").inner_text().strip()))
-            t.no_exception()
+        together = generate_all(tabs)  # four clicks at once: the sessions queue on the model's lock
         print(f"\n[timing] four concurrent steering runs: {time.perf_counter() - start:.1f} s")
         tabs[0].shot("steering_concurrent", height=1400)
     finally:
