@@ -1,5 +1,7 @@
 """Steering: clamp, scale, add to or ablate features and compare completions."""
 
+import functools
+
 import streamlit as st
 
 from explorer import export
@@ -176,14 +178,23 @@ def sweep(ws, prompt: str, ivs, settings) -> None:
                 st.text(text)
 
 
+def run_json(run) -> bytes:
+    return export.dumps(export.steering_to_json(run["result"], labels=run["labels"])).encode()
+
+
+def run_markdown(run) -> bytes:
+    return export.steering_to_markdown(run["result"], labels=run["labels"]).encode()
+
+
 @st.fragment
 def run_downloads(run) -> None:
-    result, n = run["result"], run["n"]
+    """A run's exports, made on click: a page rerun does not rebuild them for every run in the history."""
+    n = run["n"]
     with st.container(horizontal=True):
-        st.download_button("JSON", export.dumps(export.steering_to_json(result, labels=run["labels"])).encode(),
-                           file_name=f"steering_run_{n}.json", mime="application/json", key=f"run_json_{n}", on_click="ignore")
-        st.download_button("Markdown", export.steering_to_markdown(result, labels=run["labels"]).encode(),
-                           file_name=f"steering_run_{n}.md", mime="text/markdown", key=f"run_md_{n}", on_click="ignore")
+        st.download_button("JSON", functools.partial(run_json, run), file_name=f"steering_run_{n}.json",
+                           mime="application/json", key=f"run_json_{n}", on_click="ignore")
+        st.download_button("Markdown", functools.partial(run_markdown, run), file_name=f"steering_run_{n}.md",
+                           mime="text/markdown", key=f"run_md_{n}", on_click="ignore")
 
 
 def history_panel(ws) -> None:

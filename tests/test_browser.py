@@ -282,8 +282,13 @@ def test_exports_download(tab):
     tab.open(f"/steering?steer=1:ablate&prompt={quote(STEER_PROMPT)}&max_new_tokens=4")
     generate(tab)
     tab.page.get_by_text(re.compile(r"^Run 1:")).click()
+    json_button = tab.page.get_by_role("button", name="JSON")
+    json_button.wait_for()
+    # A click in the moment the expander opens is lost (no request is made; a
+    # second click works): seen in 2 of 4 fresh servers, 0 of 4 after this pause.
+    tab.page.wait_for_timeout(1000)
     with tab.page.expect_download() as d:
-        tab.page.get_by_role("button", name="JSON").click()
+        json_button.click()
     run = json.loads(Path(d.value.path()).read_text())
     assert d.value.suggested_filename == "steering_run_1.json"
     assert run["prompt"] == STEER_PROMPT and run["interventions"][0]["feature"] == 1
