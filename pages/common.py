@@ -331,9 +331,10 @@ def stream_pair(ws: Workspace, prompt: str, interventions, settings, boxes, clea
 
 def earlier_clean(ws: Workspace, history: list[dict], prompt: str, settings):
     """The unclamped completion of an earlier run of this workspace with the same prompt and settings."""
+    key = ws_key(ws)
     for run in history:
         r = run["result"]
-        if run.get("ws") == ws_key(ws) and r.prompt == prompt and r.settings == settings:
+        if run["ws"] == key and r.prompt == prompt and r.settings == settings:
             return r.clean
     return None
 
