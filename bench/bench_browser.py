@@ -47,20 +47,25 @@ from explorer.workspace import open_workspace
 # Timed inside the page, from the click event to the DOM change that shows the
 # result, so Playwright's own latency (actionability checks, polling) is left out.
 # textContent needs no layout, so the observer does not slow the page it times.
+# It waits for the text and for the end of the script run (Streamlit's "notRunning"
+# state, set once the run's last element is in the page), so a result counts only
+# when all of it is drawn.
 TIMER_JS = """([button, selector, text]) => {
   window.__timed = new Promise(resolve => {
     let t0 = null;
+    const app = document.querySelector("[data-testid='stApp']");
     document.addEventListener("click", e => {
       if (t0 === null && e.target.closest("button")?.textContent.includes(button)) t0 = performance.now();
     }, {capture: true});
     const seen = new MutationObserver(() => {
-      const shown = Array.from(document.querySelectorAll(selector)).some(e => e.textContent.includes(text));
-      if (t0 !== null && shown) {
+      if (t0 === null || app.getAttribute("data-test-script-state") !== "notRunning") return;
+      if (Array.from(document.querySelectorAll(selector)).some(e => e.textContent.includes(text))) {
         seen.disconnect();
         resolve(performance.now() - t0);
       }
     });
-    seen.observe(document.body, {subtree: true, childList: true, characterData: true});
+    seen.observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true,
+                                 attributeFilter: ["data-test-script-state"]});
   });
 }"""
 

@@ -134,18 +134,21 @@ def sidebar() -> None:
                 st.info("No index loaded: feature cards and 'x max' steering need one.")
             else:
                 st.markdown(f"**Index** `{ws.index.path}` ({ws.index.manifest.n_tokens:,} tokens)")
-        with st.form("ws_form"):
-            c = choice()
-            model = st.text_input("Model (local folder, .gguf or 'demo')", c.model)
-            sae = st.text_input("SAE folder (empty: the default; 'random': untrained)", c.sae)
-            index = st.text_input("Index folder (empty: the default)", c.index)
-            if st.form_submit_button("Load"):
-                new = Choice(model.strip() or "demo", sae.strip(), index.strip())
-                _, error = load(new)
-                st.session_state["ws_error"] = error
-                if not error:
-                    st.session_state["ws_choice"] = new
-                    st.rerun()
+        # Drawn only while open: a fragment's run (a card change) redraws the sidebar's widgets too.
+        other = st.expander("Load another model, SAE or index", expanded=ws is None, key="ws_open", on_change="rerun")
+        if other.open:
+            with other, st.form("ws_form", border=False):
+                c = choice()
+                model = st.text_input("Model (local folder, .gguf or 'demo')", c.model)
+                sae = st.text_input("SAE folder (empty: the default; 'random': untrained)", c.sae)
+                index = st.text_input("Index folder (empty: the default)", c.index)
+                if st.form_submit_button("Load"):
+                    new = Choice(model.strip() or "demo", sae.strip(), index.strip())
+                    _, error = load(new)
+                    st.session_state["ws_error"] = error
+                    if not error:
+                        st.session_state["ws_choice"] = new
+                        st.rerun()
         if st.session_state.get("ws_error"):
             st.error(st.session_state["ws_error"])
 
@@ -162,7 +165,9 @@ def activations(ws: Workspace, text: str, chat: bool):
     return _activations(ws_key(ws), text, chat, ws)
 
 
-@st.cache_data(max_entries=512, show_spinner=False)
+# A resource, not data: cards are frozen dataclasses that no page changes, so
+# every session can share one object instead of paying a pickle copy per read.
+@st.cache_resource(max_entries=512, show_spinner=False)
 def _card(key: tuple, feature: int, _ws: Workspace):
     return _ws.index.card(feature)
 

@@ -2,6 +2,7 @@
 
 import functools
 import random
+from typing import NamedTuple
 
 import streamlit as st
 
@@ -10,6 +11,7 @@ from explorer.export import FORMATS, card_filename
 from pages import common
 
 PAGE = "feature"
+RELATED = (("neighbours", "Decoder neighbours", "cosine"), ("cooccurring", "Co-occurring features", "Jaccard"))
 CONTEXT = (24, 12)  # tokens shown before and after an example's peak
 # The browser skips laying out examples that are off screen: Streamlit measures
 # its elements after every update, and each measure would lay out all of them.
@@ -24,45 +26,55 @@ def jump(feature: int) -> None:
     st.session_state["feature_id"] = int(feature)
 
 
-def picker(ws) -> int:
-    """Feature id box, previous / next / random, and search."""
+def picker(ws, card) -> None:
+    """Feature id box, previous / next / random, the card's label and steer
+    link, and search; the id goes in the URL."""
     d_sae = ws.sae.cfg.d_sae
-    st.session_state.setdefault("feature_id", 0)
     with st.container(horizontal=True, vertical_alignment="bottom"):
         st.number_input("Feature id", 0, d_sae - 1, key="feature_id", persist_state="session", step=1, width=180)
         st.button("Previous", on_click=step, args=(-1, d_sae), icon=":material/chevron_left:")
         st.button("Next", on_click=step, args=(1, d_sae), icon=":material/chevron_right:")
         st.button("Random", on_click=jump, args=(random.randrange(d_sae),), icon=":material/casino:")
-    with st.expander("Search features by label or token"):
-        by = st.radio("Search in", ["label", "top_token", "logit_token"], horizontal=True, key="search_by", persist_state="session",
-                      format_func={"label": "labels", "top_token": "top-activating tokens",
-                                   "logit_token": "promoted tokens (logits)"}.get)
-        query = st.text_input("Search", key="search_query", persist_state="session", placeholder="e.g. French, ␣the, code")
-        if query.strip():
-            hits = ws.index.search(query.strip(), by=by, limit=20)
-            if not hits:
-                st.info("No feature matches.")
-            with st.container(horizontal=True):
-                for f in hits:
-                    st.button(common.feature_md(ws, f), key=f"hit_{f}", on_click=jump, args=(f,))
-    feature = int(st.session_state["feature_id"])
-    common.write_link(PAGE, {"feature": str(feature)})
+        label_editor(ws, card)
+        st.page_link(common.PAGES["steering"], label="Steer this feature (clamp to 4x its max)",
+                     icon=":material/tune:", query_params={"steer": f"{card.feature}:clamp:4x"})
+    # Built only while open (a lazy expander): every element costs the browser
+    # a render on each card change.
+    search = st.expander("Search features by label or token", key="search_open", on_change="rerun")
+    if search.open:
+        with search:
+            search_hits(ws)
+    common.write_link(PAGE, {"feature": str(card.feature)})
     viewed = st.session_state.setdefault("viewed", [])
-    if feature not in viewed:
-        viewed.append(feature)
-    return feature
+    if card.feature not in viewed:
+        viewed.append(card.feature)
+
+
+def search_hits(ws) -> None:
+    by = st.radio("Search in", ["label", "top_token", "logit_token"], horizontal=True, key="search_by", persist_state="session",
+                  format_func={"label": "labels", "top_token": "top-activating tokens",
+                               "logit_token": "promoted tokens (logits)"}.get)
+    query = st.text_input("Search", key="search_query", persist_state="session", placeholder="e.g. French, ␣the, code")
+    if query.strip():
+        hits = ws.index.search(query.strip(), by=by, limit=20)
+        if not hits:
+            st.info("No feature matches.")
+        with st.container(horizontal=True):
+            for f in hits:
+                st.button(common.feature_md(ws, f), key=f"hit_{f}", on_click=jump, args=(f,))
 
 
 def label_editor(ws, card) -> None:
-    form = st.form(f"label_form_{card.feature}", border=False)
-    with form, st.container(horizontal=True, vertical_alignment="bottom"):
+    """The label box opens on demand: a form on every card would be drawn anew on every card change."""
+    box = st.popover("Edit label", key="label_open", on_change="rerun", icon=":material/edit:")
+    if not box.open:
+        return
+    with box, st.form(f"label_form_{card.feature}", border=False):
         text = st.text_input("Label", card.label, placeholder=card.auto_label or "describe this feature")
         if st.form_submit_button("Save label"):
             common.set_label(ws, card.feature, text.strip())
             st.toast(f"Saved the label of #{card.feature}")
             st.rerun()
-    if card.auto_label and card.auto_label != card.label:
-        st.caption(f"Auto label: {common.md(card.auto_label)}")
 
 
 def examples_html(items, vmax: float) -> str:
@@ -80,10 +92,10 @@ def examples_html(items, vmax: float) -> str:
 
 
 def quantiles_html(quantiles, vmax: float) -> str:
-    """Every activation range as a native <details>: one element for them all."""
+    """Samples from every activation range, one element for them all."""
     return "".join(
-        f'<details style="margin:0.3em 0"><summary style="cursor:pointer">{q.low:.3g} to {q.high:.3g} · '
-        f"{q.fraction:.2%} of activations</summary>{examples_html(q.examples, vmax)}</details>"
+        f'<div style="font-weight:600;margin-top:1em">{q.low:.3g} to {q.high:.3g} · {q.fraction:.2%} of activations</div>'
+        f"{examples_html(q.examples, vmax)}"
         for q in quantiles
     )
 
@@ -96,62 +108,103 @@ def open_picked(key: str) -> None:
         st.session_state["feature_id"] = int(picked)
 
 
-def related(ws, title: str, pairs, key: str) -> None:
-    """Related features as one row of pills: a click opens that card."""
-    names = {f: f"{common.feature_md(ws, f)} ({score:.2f})" for f, score in pairs}
-    if not names:
-        st.caption(f"{title}: none")
-        return
-    st.pills(title, list(names), format_func=names.get, key=key, on_change=open_picked, args=(key,))
+def related_html(ws, card) -> str:
+    """Both lists of related features. Each name is a deep link that opens
+    the card in a new tab; `related_picker` opens one in this tab."""
+    e = render.escape
+    cell = 'style="padding:2px 10px;border-bottom:1px solid #eee"'
+    cols = []
+    for attr, title, score in RELATED:
+        rows = "".join(f'<tr><td {cell}><a href="?feature={f}" target="_blank">{e(common.feature_name(ws, f))}</a></td>'
+                       f"<td {cell} align=right>{value:.2f}</td></tr>" for f, value in getattr(card, attr))
+        cols.append(f'<div><div style="font-weight:600;margin-bottom:4px">{title} ({score})</div>'
+                    f'<table style="border-collapse:collapse;font-size:0.9em">{rows or "<tr><td>none</td></tr>"}</table></div>')
+    return f'<div style="display:flex;gap:32px;flex-wrap:wrap">{"".join(cols)}</div>'
 
 
-@st.fragment
+def related_picker(ws, card) -> None:
+    """One box for both lists: a widget with a button per feature costs the
+    browser about 30 ms more on every card change (measured)."""
+    names: dict[int, str] = {}
+    for attr, _, score in RELATED:
+        for f, value in getattr(card, attr):
+            names.setdefault(f, f"{common.feature_name(ws, f)} ({score} {value:.2f})")
+    if names:
+        st.selectbox("Open a related feature here", list(names), index=None, format_func=names.get, key="related",
+                     on_change=open_picked, args=("related",), placeholder="Choose a feature", width=480)
+
+
 def export_panel(ws, feature: int) -> None:
-    """Downloads: the bytes are cached, so every rerun offers the same file."""
-    st.subheader("Export")
-    with st.container(horizontal=True):
-        for fmt in FORMATS:
-            # a callable: the file is made on click, so browsing cards does not pay for four exports
-            st.download_button(fmt.upper(), functools.partial(common.card_bytes, ws, feature, fmt),
-                               file_name=card_filename(feature, fmt),
-                               mime=common.MIME[fmt], key=f"dl_{fmt}", on_click="ignore", icon=":material/download:")
-    viewed = st.session_state.get("viewed", [feature])
-    with st.container(horizontal=True, vertical_alignment="bottom"):
-        several = st.multiselect("Cards for a zip (viewed this session)", viewed, default=[feature], key="zip_features")
-        formats = st.multiselect("Formats", FORMATS, default=list(FORMATS), key="zip_formats")
-    if several and formats:
-        st.download_button(f"Zip of {len(several)} card(s)", functools.partial(common.zip_bytes, ws, several, formats), key="dl_zip",
-                           file_name="feature_cards.zip", mime="application/zip", on_click="ignore", icon=":material/folder_zip:")
+    """Downloads, built only while the expander is open (see `picker`).
+    The files are made on click, and cached."""
+    panel = st.expander("Export this card, or a zip of cards", key="export_open", on_change="rerun",
+                        icon=":material/download:")
+    if not panel.open:
+        return
+    with panel:
+        with st.container(horizontal=True):
+            for fmt in FORMATS:
+                st.download_button(fmt.upper(), functools.partial(common.card_bytes, ws, feature, fmt),
+                                   file_name=card_filename(feature, fmt),
+                                   mime=common.MIME[fmt], key=f"dl_{fmt}", on_click="ignore", icon=":material/download:")
+        viewed = st.session_state.get("viewed", [feature])
+        with st.container(horizontal=True, vertical_alignment="bottom"):
+            several = st.multiselect("Cards for a zip (viewed this session)", viewed, default=[feature], key="zip_features")
+            formats = st.multiselect("Formats", FORMATS, default=list(FORMATS), key="zip_formats")
+        if several and formats:
+            st.download_button(f"Zip of {len(several)} card(s)", functools.partial(common.zip_bytes, ws, several, formats),
+                               key="dl_zip", file_name="feature_cards.zip", mime="application/zip", on_click="ignore",
+                               icon=":material/folder_zip:")
 
 
-def show_card(ws, card) -> None:
-    st.header(common.feature_md(ws, card.feature))
-    label_editor(ws, card)
-    cols = st.columns(4)
-    cols[0].metric("Density", f"{card.density:.4%}")
-    cols[1].metric("Max activation", f"{card.max_activation:.4g}")
-    cols[2].metric("Mean activation", f"{card.mean_activation:.4g}")
-    cols[3].metric("Tokens scanned", f"{card.n_tokens:,}")
-    left, right = st.columns([1, 1])
-    with left:
-        st.html(common.histogram_html(card))
-    with right:
-        st.html(render.logit_tables(card.top_logits, card.bottom_logits))
+class CardHtml(NamedTuple):
+    """A card's markup, made before any element is drawn (see `browse`)."""
+
+    top: str  # heading, numbers, histogram, logits
+    examples: str
+    quantiles: str  # empty while its expander is closed
+    related: str
+
+
+def card_html(ws, card) -> CardHtml:
+    """Plain HTML for everything on a card that is not a widget. Streamlit
+    redraws every element of the page when a run starts and ends, so a card
+    change costs the browser about as much per element as it costs per widget."""
+    e = render.escape
     vmax = card.max_activation if card.max_activation > 0 else 1.0
-    st.subheader("Max-activating examples")
+    auto = (f'<div style="color:#808495;font-size:0.9em">Auto label: {e(card.auto_label)}</div>'
+            if card.auto_label and card.auto_label != card.label else "")
+    stats = "".join(
+        f'<div><div style="color:#808495;font-size:0.85em">{name}</div><div style="font-size:1.8em">{value}</div></div>'
+        for name, value in (("Density", f"{card.density:.4%}"), ("Max activation", f"{card.max_activation:.4g}"),
+                            ("Mean activation", f"{card.mean_activation:.4g}"), ("Tokens scanned", f"{card.n_tokens:,}"))
+    )
+    top = (f"<h2>{e(common.feature_name(ws, card.feature))}</h2>{auto}"
+           f'<div style="display:flex;flex-wrap:wrap;gap:1em 4em;margin:0.5em 0 1.5em">{stats}</div>'
+           '<div style="display:flex;flex-wrap:wrap;gap:1.5em 3em">'
+           f'<div style="flex:1 1 320px">{common.histogram_html(card)}</div>'
+           f"<div>{render.logit_tables(card.top_logits, card.bottom_logits)}</div></div>"
+           "<h3>Max-activating examples</h3>")
+    quantiles = quantiles_html(card.quantiles, vmax) if st.session_state.get("quantiles_open") else ""
+    return CardHtml(top=top, examples=f'<div class="card-examples">{examples_html(card.top_examples, vmax)}</div>',
+                    quantiles=f'<div class="card-quantiles">{quantiles}</div>',
+                    related=f"<h3>Related features</h3>{related_html(ws, card)}")
+
+
+def show_card(ws, card, html: CardHtml) -> None:
+    st.html(html.top)
     st.toggle("Whole windows", key="card_whole", persist_state="session",
               help=f"Off: {CONTEXT[0]} tokens before and {CONTEXT[1]} after each peak token")
-    # One HTML element per list: the browser renders a card's ~50 examples far
-    # faster as one element than as dozens of widgets.
-    with st.container(key="card_examples"):
-        st.html(examples_html(card.top_examples, vmax))
+    st.html(html.examples)
     if card.quantiles:
-        st.subheader("Samples by activation range")
-        with st.container(key="card_quantiles"):
-            st.html(quantiles_html(card.quantiles, vmax))
-    st.subheader("Related features")
-    related(ws, "Decoder neighbours (cosine similarity)", card.neighbours, "neighbours")
-    related(ws, "Co-occurring features (Jaccard)", card.cooccurring, "cooccurring")
+        # Drawn only while open, and it stays open from card to card: 25 more
+        # examples would double the markup the browser cleans on every card.
+        box = st.expander("Samples by activation range", key="quantiles_open", on_change="rerun")
+        if box.open:
+            with box:
+                st.html(html.quantiles)
+    st.html(html.related)
+    related_picker(ws, card)
 
 
 def feature_page() -> None:
@@ -172,12 +225,14 @@ def feature_page() -> None:
 def browse(ws) -> None:
     """The picker and the card. A fragment: moving to another card reruns and
     redraws only this part of the page, not the sidebar and title."""
-    feature = picker(ws)
-    card = common.card(ws, feature)
-    st.page_link(common.PAGES["steering"], label=f"Steer this feature (clamp #{feature} to 4x its max)",
-                 icon=":material/tune:", query_params={"steer": f"{feature}:clamp:4x"})
-    show_card(ws, card)
-    export_panel(ws, feature)
+    st.session_state.setdefault("feature_id", 0)
+    # The card and its markup are made before the first element is drawn, so
+    # the browser receives the new card in one burst and renders it once.
+    card = common.card(ws, int(st.session_state["feature_id"]))
+    html = card_html(ws, card)
+    picker(ws, card)
+    show_card(ws, card, html)
+    export_panel(ws, card.feature)
 
 
 common.run_page(feature_page)

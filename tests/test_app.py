@@ -5,6 +5,8 @@ st.cache_resource, so the model loads once for the whole module. Charts and
 downloads are not visible to AppTest: the browser tests cover them.
 """
 
+import html
+import re
 import sys
 from pathlib import Path
 
@@ -34,9 +36,18 @@ def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
 
 
+def card_top(at: AppTest) -> str:
+    """The card's first HTML element: heading, numbers, histogram, logits."""
+    return next(h.proto.body for h in at.get("html") if "<h2>" in h.proto.body)
+
+
 def header(at: AppTest) -> str:
-    """The card's title as shown (the Markdown source has escapes such as \\#)."""
-    return at.header[0].value.replace("\\", "")
+    """The card's title as shown."""
+    return html.unescape(re.search(r"<h2>(.*?)</h2>", card_top(at)).group(1))
+
+
+def texts_html(at: AppTest) -> str:
+    return "\n".join(h.proto.body for h in at.get("html"))
 
 
 def no_exception(at: AppTest) -> None:
@@ -174,6 +185,8 @@ def test_steering_reuses_the_clean_row_while_prompt_and_settings_stay(monkeypatc
 
 def test_bad_model_path_is_an_inline_error():
     at = app()
+    at.session_state["ws_open"] = True  # the "Load another model" expander
+    at.run()
     at.sidebar.text_input[0].input("/no/such/model")
     at.sidebar.button[0].click()
     at.run()
@@ -187,21 +200,37 @@ def test_feature_card_from_link(ws):
     at = app("pages/feature.py", feature="3")
     no_exception(at)
     assert header(at).startswith("#3")
-    assert [m.label for m in at.metric] == ["Density", "Max activation", "Mean activation", "Tokens scanned"]
+    for name in ("Density", "Max activation", "Mean activation", "Tokens scanned", "Top logits", "Bottom logits"):
+        assert name in card_top(at)
     next(b for b in at.button if b.label == "Next").click()
     at.run()
     no_exception(at)
     assert header(at).startswith("#4") and at.query_params["feature"] == "4"
 
 
-def test_related_feature_pill_opens_its_card(ws):
+def test_related_feature_opens_its_card(ws):
     at = app("pages/feature.py", feature="3")
-    neighbour = ws.index.card(3).neighbours[0][0]
-    pills = at.button_group(key="neighbours")
-    pills.set_value(neighbour).run()
+    card = ws.index.card(3)
+    neighbour, other = card.neighbours[0][0], card.cooccurring[0][0]
+    box = at.selectbox(key="related")
+    assert box.options[0].startswith(f"#{neighbour} ") and any(o.startswith(f"#{other} ") for o in box.options)
+    box.set_value(neighbour).run()
     no_exception(at)
     assert header(at).startswith(f"#{neighbour}") and at.query_params["feature"] == str(neighbour)
-    assert at.button_group(key="neighbours").value is None  # the pick is cleared for the next card
+    assert at.selectbox(key="related").value is None  # the pick is cleared for the next card
+    # each related feature is also a deep link, opened in a new tab
+    assert f'<a href="?feature={ws.index.card(neighbour).neighbours[0][0]}" target="_blank">' in texts_html(at)
+
+
+def test_lazy_parts_are_built_only_when_open(ws):
+    at = app("pages/feature.py", feature="3")
+    assert not at.get("download_button") and "activations</div>" not in texts_html(at)
+    at.session_state["export_open"] = True
+    at.session_state["quantiles_open"] = True
+    at.run()
+    no_exception(at)
+    assert [b.proto.label for b in at.get("download_button")] == ["JSON", "MD", "HTML", "PNG", "Zip of 1 card(s)"]
+    assert "of activations</div>" in texts_html(at)
 
 
 def test_server_freezes_the_loaded_objects_out_of_gc(ws):
@@ -216,6 +245,8 @@ def test_feature_search(ws):
     assert ws.index is not None, "the demo index in data/demo/index did not load"
     word = ws.index.label(7).split()[0].strip("‘’'\"")
     at = app("pages/feature.py")
+    at.session_state["search_open"] = True  # the search expander
+    at.run()
     at.text_input(key="search_query").input(word)
     at.run()
     no_exception(at)
