@@ -168,8 +168,8 @@ class CardHtml(NamedTuple):
 
 def card_html(ws, card) -> CardHtml:
     """Plain HTML for everything on a card that is not a widget. Streamlit
-    redraws every element of the page when a run starts and ends, so a card
-    change costs the browser about as much per element as it costs per widget."""
+    redraws every element on the page when a run starts and when it ends, so
+    each element, widget or not, costs the browser time on every card change."""
     e = render.escape
     vmax = card.max_activation if card.max_activation > 0 else 1.0
     auto = (f'<div style="color:#808495;font-size:0.9em">Auto label: {e(card.auto_label)}</div>'
