@@ -6,11 +6,12 @@
    `model.generate` of the same length in this process (target <= 1.3x):
    the first click of a session, and a second click with the same prompt and
    settings (the unclamped row is reused);
-2. feature card render, from a click on Next to the next card's heading, p50 / p95 (target < 300 ms);
+2. feature card render, from a click on Next until the next card is fully drawn, p50 / p95 (target < 300 ms);
 3. token page for a 128-token prompt, from Analyse to highlighted tokens (target < 1.5 s);
 4. four browser sessions steering different features at once: each result must
    equal the same request made alone, with no errors.
-Clicks are timed in the page, from the click event to the DOM change.
+Clicks are timed in the page, from the click event until the result shows and the
+script run has ended (see TIMER_JS).
 The server runs torch on one thread (EXPLORER_THREADS=1), and so does this
 process's plain generation, so both sides of ratio 1 compute alike.
 """
@@ -153,7 +154,8 @@ def generate_ratio(tab, feature: int, args, plain_generate) -> None:
 
 
 def card_latency(tab, first: int, args) -> None:
-    """Within one session, as a user browses: "Next" until the next card's heading shows."""
+    """Within one session, as a user browses: "Next" until the next card is drawn (its
+    heading shown and the run ended)."""
     tab.open(f"/feature?feature={first}")
     WALL.clear()
     card_times = [timed_click(tab, "Next", "h2", f"#{f}") for f in range(first + 1, first + 1 + args.cards)]
