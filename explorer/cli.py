@@ -152,7 +152,7 @@ def cmd_eval(args) -> None:
     report = evaluate_sae(ws.lm, ws.sae, held[: args.max_windows] if args.max_windows else held)
     print(report.to_markdown())
     if args.json:
-        from explorer.export import write_atomic
+        from explorer.files import write_atomic
 
         write_atomic(args.json, json.dumps(report.to_dict(), indent=2))
 
@@ -171,6 +171,7 @@ def cmd_index(args) -> None:
 
 def cmd_export(args) -> None:
     from explorer import export
+    from explorer.files import write_atomic
 
     ws = workspace(args)
     if ws.index is None:
@@ -179,14 +180,14 @@ def cmd_export(args) -> None:
     meta = dict(model=ws.lm.name, hook=ws.hook_name, sae_id=ws.sae_id)
     out = Path(args.out)
     if args.zip:
-        export.write_atomic(out, export.cards_to_zip(cards, formats=tuple(args.format), **meta))
+        write_atomic(out, export.cards_to_zip(cards, formats=tuple(args.format), **meta))
         print(out)
         return
     out.mkdir(parents=True, exist_ok=True)
     for card in cards:
         for fmt in args.format:
             path = out / export.card_filename(card.feature, fmt)
-            export.write_atomic(path, export.card_bytes(card, fmt, **meta))
+            write_atomic(path, export.card_bytes(card, fmt, **meta))
             print(path)
 
 
