@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from explorer.settings import DEMO_HOOK, DEMO_MODEL, env_settings
 
 UNTRAINED_NOTE = "NOTE: this SAE is UNTRAINED (random weights of the right shape); its features mean nothing yet."
 
@@ -39,13 +40,14 @@ def parse_intervention(spec: str, mode: str):
 
 
 def add_workspace_args(p: argparse.ArgumentParser, index: bool = True) -> None:
-    p.add_argument("--model", default=os.environ.get("EXPLORER_MODEL", "demo"),
-                   help="'demo', a local model directory, a .gguf file, or a hub id (default: demo)")
-    p.add_argument("--sae", default=os.environ.get("EXPLORER_SAE"),
-                   help="SAE folder in SAELens format, or 'random' for an untrained one (default: the demo SAE)")
-    p.add_argument("--hook", help="hook name, e.g. blocks.15.hook_resid_post (default: the SAE's own)")
+    # No defaults here: `workspace` fills them from the environment when the command runs.
+    p.add_argument("--model", help="'demo', a local model directory, a .gguf file, or a hub id "
+                                   "(default: $EXPLORER_MODEL, else demo)")
+    p.add_argument("--sae", help="SAE folder in SAELens format, or 'random' for an untrained one "
+                                 "(default: $EXPLORER_SAE, else the demo SAE)")
+    p.add_argument("--hook", help=f"hook name, e.g. {DEMO_HOOK} (default: the SAE's own)")
     if index:
-        p.add_argument("--index", default=os.environ.get("EXPLORER_INDEX"), help="feature index folder")
+        p.add_argument("--index", help="feature index folder (default: $EXPLORER_INDEX, else the demo index)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: float32 on CPU, bf16 on CUDA)")
 
@@ -53,7 +55,9 @@ def add_workspace_args(p: argparse.ArgumentParser, index: bool = True) -> None:
 def workspace(args, with_index: bool = True):
     from explorer.workspace import open_workspace
 
-    ws = open_workspace(args.model, sae=args.sae, index=getattr(args, "index", None) if with_index else None,
+    env = env_settings()
+    index = (args.index or env.index) if with_index else None
+    ws = open_workspace(args.model or env.model, sae=args.sae or env.sae, index=index,
                         hook=args.hook, device=args.device, dtype=args.dtype)
     print(ws.describe(), file=sys.stderr)
     if ws.untrained:
@@ -235,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--field", default="text", help="text field / column")
     p.add_argument("--window", type=int, default=128)
     p.add_argument("--max-windows", type=int)
-    p.add_argument("--model", default="demo", help="model whose tokenizer to use")
+    p.add_argument("--model", default=DEMO_MODEL, help="model whose tokenizer to use")
     p.set_defaults(func=cmd_windows)
 
     def split_args(p: argparse.ArgumentParser) -> None:
@@ -246,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train an SAE (TopK by default) on activations at a hook")
     split_args(p)
-    p.add_argument("--model", default="demo")
-    p.add_argument("--hook", default="blocks.15.hook_resid_post")
+    p.add_argument("--model", default=DEMO_MODEL)
+    p.add_argument("--hook", default=DEMO_HOOK)
     p.add_argument("--out", required=True, help="output folder (SAELens format, plus checkpoint/)")
     p.add_argument("--acts", required=True, help="activation cache folder (reused and resumed)")
     p.add_argument("--architecture", choices=("topk", "relu"), default="topk")

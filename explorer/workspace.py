@@ -14,11 +14,11 @@ from pathlib import Path
 from explorer.hooks import parse_hook
 from explorer.model import DEMO_MODEL, LoadedModel, load_model
 from explorer.sae import SAE, check_compatible, load_gemma_scope_npz, load_sae, random_sae, sae_fingerprint
+from explorer.settings import DEMO_HOOK
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEMO_SAE = DATA_DIR / "demo" / "sae"
 DEMO_INDEX = DATA_DIR / "demo" / "index"
-DEMO_HOOK = "blocks.15.hook_resid_post"
 RANDOM_SAE = "random"  # an untrained SAE of the right shape, for trying the tool without one
 
 

@@ -1,0 +1,81 @@
+"""The EXPLORER_* environment, read in one place (explorer/settings.py), and its users."""
+
+import types
+
+import pytest
+
+from explorer import cli
+from explorer.model import cache_dir
+from explorer.settings import SettingsError, env_settings
+
+VARIABLES = ("EXPLORER_MODEL", "EXPLORER_SAE", "EXPLORER_INDEX", "EXPLORER_CACHE", "EXPLORER_THREADS")
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    """A clean environment: no EXPLORER_* variable, and a home folder of our own."""
+    for name in (*VARIABLES, "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return monkeypatch
+
+
+def test_defaults_when_nothing_is_set(env, tmp_path):
+    s = env_settings()
+    assert (s.model, s.sae, s.index, s.threads) == ("demo", None, None, None)
+    assert s.cache == tmp_path / ".cache" / "sae-explorer"
+
+
+def test_values_are_read_at_call_time_and_empty_means_unset(env, tmp_path):
+    env.setenv("EXPLORER_MODEL", "/models/m")
+    env.setenv("EXPLORER_SAE", "random")
+    env.setenv("EXPLORER_INDEX", "my-index")
+    env.setenv("EXPLORER_THREADS", "2")
+    env.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    s = env_settings()
+    assert (s.model, s.sae, s.index, s.threads) == ("/models/m", "random", "my-index", 2)
+    assert s.cache == tmp_path / "xdg" / "sae-explorer"
+    env.setenv("EXPLORER_CACHE", "~/models")  # beats XDG_CACHE_HOME, and ~ is expanded
+    assert env_settings().cache == tmp_path / "models" == cache_dir()
+    assert cache_dir(tmp_path / "flag") == tmp_path / "flag"  # and a flag beats both
+    for name in VARIABLES:
+        env.setenv(name, "")
+    s = env_settings()
+    assert (s.model, s.sae, s.index, s.threads) == ("demo", None, None, None)
+    assert s.cache == tmp_path / "xdg" / "sae-explorer"
+
+
+@pytest.mark.parametrize("value", ["two", "0", "-1", "1.5"])
+def test_a_bad_thread_count_names_the_variable_and_the_fix(env, value):
+    env.setenv("EXPLORER_THREADS", value)
+    with pytest.raises(SettingsError, match=rf"EXPLORER_THREADS='{value}' is not a positive whole number\. Fix:"):
+        env_settings()
+
+
+def test_the_cli_reports_a_bad_variable_in_one_line(env, capsys):
+    env.setenv("EXPLORER_THREADS", "many")
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["activations", "hello"])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.startswith("error: EXPLORER_THREADS='many'")
+
+
+def test_cli_flags_beat_the_environment_which_beats_the_defaults(env, monkeypatch):
+    opened = []
+
+    def fake_open_workspace(model, sae, index, **kw):
+        opened.append((model, sae, index))
+        return types.SimpleNamespace(describe=lambda: "", untrained=False)
+
+    monkeypatch.setattr("explorer.workspace.open_workspace", fake_open_workspace)
+    parse = cli.build_parser().parse_args
+    cli.workspace(parse(["activations", "hi"]))
+    env.setenv("EXPLORER_MODEL", "env-model")
+    env.setenv("EXPLORER_SAE", "env-sae")
+    env.setenv("EXPLORER_INDEX", "env-index")
+    cli.workspace(parse(["activations", "hi"]))
+    cli.workspace(parse(["activations", "hi", "--model", "m", "--sae", "s", "--index", "i"]))
+    cli.workspace(parse(["eval", "--windows", "w"]), with_index=False)
+    assert opened == [("demo", None, None), ("env-model", "env-sae", "env-index"), ("m", "s", "i"),
+                      ("env-model", "env-sae", None)]
+
