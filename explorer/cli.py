@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
+import inspect
 import shutil
 import subprocess
 import sys
 import textwrap
+import typing
 from pathlib import Path
 
-from explorer.settings import DEMO_HOOK, DEMO_MODEL, env_settings
+from explorer.settings import DEMO_HOOK, DEMO_MODEL, TrainConfig, env_settings
 
 UNTRAINED_NOTE = "NOTE: this SAE is UNTRAINED (random weights of the right shape); its features mean nothing yet."
+# `explorer train` has one option per TrainConfig field, named after it (--lr for lr, --d-sae for
+# d_sae). These fields also answer to the shorter names the command has always had.
+TRAIN_ALIASES = {"out_dir": "--out", "hook_name": "--hook", "expansion_factor": "--expansion"}
+# The command caches the activations itself, so it needs a hook where TrainConfig can take the cache's.
+TRAIN_CLI_DEFAULTS = {"hook_name": DEMO_HOOK}
 
 
 class CliError(Exception):
@@ -132,18 +141,16 @@ def _split(args):
 def cmd_train(args) -> None:
     from explorer.activation_cache import cache_activations
     from explorer.model import load_model
-    from explorer.train import TrainConfig, train_sae
+    from explorer.train import train_sae
 
-    lm = load_model(args.model, device=args.device)
+    cfg = train_config(args)  # checked before the slow part, not after caching
+    lm = load_model(args.model, device=cfg.device or None)
     train, _ = _split(args)
     if args.max_windows:
         train = train[: args.max_windows]
-    cache = cache_activations(lm, args.hook, train, args.acts, batch_size=args.batch_windows)
-    cfg = TrainConfig(out_dir=args.out, hook_name=args.hook, expansion_factor=args.expansion, d_sae=args.d_sae,
-                      architecture=args.architecture, k=args.k, epochs=args.epochs, batch_size=args.batch_size,
-                      seed=args.seed, device=args.device or "")
+    cache = cache_activations(lm, cfg.hook_name, train, args.acts, batch_size=args.batch_windows)
     train_sae(cfg, cache)
-    print(f"SAE saved in {args.out}")
+    print(f"SAE saved in {cfg.out_dir}")
 
 
 def cmd_eval(args) -> None:
@@ -204,6 +211,45 @@ def cmd_app(args) -> None:
     raise SystemExit(subprocess.call(cmd))
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass, by field name (Python keeps no such
+    docstrings at run time, so they are read from the source)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {field.target.id: inspect.cleandoc(doc.value.value) for field, doc in zip(body, body[1:])
+            if isinstance(field, ast.AnnAssign) and isinstance(doc, ast.Expr)
+            and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+
+
+def add_train_config_args(p: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, with its type, default and docstring as help."""
+    types = typing.get_type_hints(TrainConfig)
+    docs = field_docs(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        names = [f"--{field.name.replace('_', '-')}"]
+        if field.name in TRAIN_ALIASES:
+            names.append(TRAIN_ALIASES[field.name])
+        kind = types[field.name]
+        default = TRAIN_CLI_DEFAULTS.get(field.name, field.default)
+        options = dict(dest=field.name, help=docs.get(field.name, "").replace("%", "%%"))
+        if default is dataclasses.MISSING:
+            options["required"] = True
+        else:
+            options["default"] = default
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction  # --x and --no-x
+        elif typing.get_origin(kind) is typing.Literal:
+            options["choices"] = typing.get_args(kind)
+        else:
+            options["type"] = kind
+        if default not in (dataclasses.MISSING, ""):
+            options["help"] += " (default: %(default)s)"
+        p.add_argument(*names, **options)
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="explorer", description="Browse and steer SAE features of language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -242,26 +288,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEMO_MODEL, help="model whose tokenizer to use")
     p.set_defaults(func=cmd_windows)
 
-    def split_args(p: argparse.ArgumentParser) -> None:
+    def split_args(p: argparse.ArgumentParser, seed: bool = True) -> None:
         p.add_argument("--windows", required=True, help="windows file from `explorer windows`")
         p.add_argument("--held-out", type=float, default=0.05, help="fraction of windows held out for evaluation")
-        p.add_argument("--seed", type=int, default=0, help="seeds the held-out split (and training)")
+        if seed:  # train has TrainConfig's --seed, which seeds the split too
+            p.add_argument("--seed", type=int, default=0, help="seeds the held-out split")
         p.add_argument("--max-windows", type=int, help="use at most this many windows")
 
-    p = sub.add_parser("train", help="train an SAE (TopK by default) on activations at a hook")
-    split_args(p)
-    p.add_argument("--model", default=DEMO_MODEL)
-    p.add_argument("--hook", default=DEMO_HOOK)
-    p.add_argument("--out", required=True, help="output folder (SAELens format, plus checkpoint/)")
+    p = sub.add_parser("train", help="train an SAE (TopK by default) on activations at a hook",
+                       description="Cache the activations at a hook, then train an SAE on them. Both steps "
+                                   "resume where they stopped. --seed also picks the held-out windows.")
+    split_args(p, seed=False)
+    p.add_argument("--model", default=DEMO_MODEL, help="model whose activations to train on (default: demo)")
     p.add_argument("--acts", required=True, help="activation cache folder (reused and resumed)")
-    p.add_argument("--architecture", choices=("topk", "relu"), default="topk")
-    p.add_argument("--expansion", type=int, default=8, help="d_sae = expansion * d_model")
-    p.add_argument("--d-sae", type=int, default=0, help="overrides --expansion")
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=4096, help="tokens per training step")
     p.add_argument("--batch-windows", type=int, default=16, help="windows per forward pass")
-    p.add_argument("--device")
+    add_train_config_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate an SAE on held-out windows (L0, EV, CE-loss score, KL, dead/dense)")

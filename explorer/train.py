@@ -24,6 +24,7 @@ sum(f), divided by the RMS norm of the centred input (so it is scale free), with
 unit-norm decoder.
 
 Public names: TrainConfig, train_sae, topk_losses, relu_losses, Losses, geometric_median.
+TrainConfig and TrainError are declared in settings.py (free of torch, for the CLI).
 `train_sae` writes periodic checkpoints to out_dir/checkpoint/ and resumes from the latest
 one; the final SAE is saved in out_dir in SAELens format.
 """
@@ -42,7 +43,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,7 @@ from tqdm.auto import tqdm
 from explorer.activation_cache import ActivationCache
 from explorer.files import write_json
 from explorer.sae import SAE, SAEConfig, save_sae
+from explorer.settings import TrainConfig, TrainError
 
 log = logging.getLogger(__name__)
 
@@ -63,88 +65,6 @@ ADAM_EPS = 6.25e-10  # OpenAI's value; the FVU loss is O(1), so gradients can be
 EMA = 0.05  # weight of the newest step in the progress-bar averages (about 20 steps)
 # Fields that may change between a run and its resumption without changing the result.
 RESUMABLE_CHANGES = frozenset({"out_dir", "checkpoint_every", "device"})
-
-
-class TrainError(ValueError):
-    """Training cannot start or resume; the message says why and how to fix it."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    out_dir: str
-    """Folder for the final SAE (SAELens format), train_config.json and checkpoint/."""
-    hook_name: str = ""
-    """Hook the SAE reads. Empty means the cache's hook; otherwise it must match the cache."""
-    d_sae: int = 0
-    """Number of latents; 0 means expansion_factor * d_in."""
-    expansion_factor: int = 8
-    architecture: Literal["topk", "relu"] = "topk"
-    """topk: TopK + AuxK (saved as SAELens "topk"). relu: ReLU + L1 (saved as "standard")."""
-    k: int = 32
-    """topk: active latents per token."""
-    lr: float = 0.0
-    """Adam learning rate; 0 means 2e-4 / sqrt(d_sae / 2**14)."""
-    lr_warmup_steps: int = 1000
-    """Linear warmup from 0; capped at a tenth of the run."""
-    lr_decay_fraction: float = 0.2
-    """The lr decays linearly to 0 over this final fraction of the steps."""
-    batch_size: int = 4096
-    """Tokens per step."""
-    n_tokens: int = 0
-    """Training tokens; 0 means epochs * the cache's tokens."""
-    epochs: float = 1.0
-    auxk_alpha: float = 1 / 32
-    """Weight of the AuxK loss (OpenAI, dictionary_learning)."""
-    k_aux: int = 0
-    """Dead latents used by AuxK; 0 means d_in // 2 (sparsify, SAELens)."""
-    dead_after_tokens: int = 0
-    """A latent that has not fired for this many tokens is dead. 0 means a tenth of the run,
-    at most 10M tokens (the sparsify / OpenAI threshold)."""
-    l1_coefficient: float = 0.03
-    """relu: weight of the scale-free L1 penalty. A starting point only: tune it for the L0 you want."""
-    b_dec_init: Literal["geometric_median", "mean"] = "geometric_median"
-    b_dec_samples: int = 32_768
-    """Tokens used to initialise b_dec and estimate the input scale (OpenAI uses 32768)."""
-    normalize_activations: bool = True
-    """Train on inputs scaled to mean norm sqrt(d_in); the saved SAE takes raw activations either way."""
-    seed: int = 0
-    """Seeds the initial weights and the data order. Same seed and cache give bit-identical weights
-    on the CPU; CUDA's atomic adds make GPU runs only approximately reproducible."""
-    checkpoint_every: int = 1000
-    """Steps between checkpoints (one is also written when training stops)."""
-    device: str = ""
-    """Empty means cuda when available, else cpu."""
-
-    def __post_init__(self) -> None:
-        if not self.out_dir:
-            raise TrainError("out_dir is empty; pass the folder the SAE should be written to.")
-        if self.architecture not in ("topk", "relu"):
-            raise TrainError(f"architecture={self.architecture!r}; use 'topk' or 'relu'.")
-        if self.b_dec_init not in ("geometric_median", "mean"):
-            raise TrainError(f"b_dec_init={self.b_dec_init!r}; use 'geometric_median' or 'mean'.")
-        positive = {"k": self.k, "batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every,
-                        "b_dec_samples": self.b_dec_samples, "expansion_factor": self.expansion_factor}
-        bad = [f"{name}={value}" for name, value in positive.items() if value < 1]
-        bad += [f"{name}={getattr(self, name)}" for name in
-                ("d_sae", "n_tokens", "k_aux", "dead_after_tokens", "lr_warmup_steps", "lr", "auxk_alpha",
-                 "l1_coefficient") if getattr(self, name) < 0]
-        if bad:
-            raise TrainError(f"Invalid training settings: {', '.join(bad)}. Fix: use positive values "
-                             "(0 means 'automatic' where the field allows it).")
-        if self.d_sae and self.k > self.d_sae:
-            raise TrainError(f"k={self.k} is larger than d_sae={self.d_sae}; use k <= d_sae.")
-        if self.n_tokens == 0 and self.epochs <= 0:
-            raise TrainError(f"epochs={self.epochs} with n_tokens=0 trains nothing; set one of them.")
-        if not 0.0 <= self.lr_decay_fraction < 1.0:
-            raise TrainError(f"lr_decay_fraction={self.lr_decay_fraction}; use a value in [0, 1).")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """Activation cache and SAE trainer, on a tiny random llama (d_model 32) and a few hundred tokens."""
 
+import argparse
+import dataclasses
 import json
 import shutil
 
@@ -9,9 +11,11 @@ import torch
 from tiny import tiny_model
 
 from explorer.activation_cache import MANIFEST, ActivationCache, CacheError, cache_activations
+from explorer.cli import add_train_config_args, build_parser, field_docs, train_config
 from explorer.corpus import Windows
 from explorer.hooks import run_to_hook
 from explorer.sae import load_sae, random_sae
+from explorer.settings import DEMO_HOOK
 from explorer.train import TrainConfig, TrainError, relu_losses, topk_losses, train_sae
 
 HOOK = "blocks.1.hook_resid_post"
@@ -230,3 +234,66 @@ def test_bad_settings_name_the_fix(cache, tmp_path):
         train_sae(_cfg(tmp_path, batch_size=10_000), cache, progress=False)
     with pytest.raises(TrainError, match="cache holds"):
         train_sae(_cfg(tmp_path, hook_name="blocks.0.hook_resid_post"), cache, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# `explorer train` options, built from TrainConfig's fields
+
+# A value other than the default for every field (the first test checks that none is missing).
+EVERY_FIELD = dict(out_dir="sae-out", hook_name="blocks.3.hook_mlp_out", d_sae=512, expansion_factor=4,
+                   architecture="relu", k=16, lr=3e-4, lr_warmup_steps=10, lr_decay_fraction=0.5, batch_size=256,
+                   n_tokens=100_000, epochs=2.5, auxk_alpha=0.1, k_aux=64, dead_after_tokens=5000,
+                   l1_coefficient=0.01, b_dec_init="mean", b_dec_samples=1024, normalize_activations=False, seed=7,
+                   checkpoint_every=50, device="cpu")
+
+
+def _parse_train(*options):
+    return build_parser().parse_args(["train", "--windows", "w.safetensors", "--acts", "acts", *options])
+
+
+def _options(cfg):
+    """The command line that asks for `cfg`, each field under its own option name."""
+    argv = []
+    for f in dataclasses.fields(cfg):
+        value, option = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(option if value else "--no-" + option[2:])
+        else:
+            argv += [option, str(value)]
+    return argv
+
+
+def test_every_train_config_field_is_an_option_that_round_trips():
+    cfg = TrainConfig(**EVERY_FIELD)
+    assert [f.name for f in dataclasses.fields(TrainConfig) if getattr(cfg, f.name) == f.default] == []
+    assert train_config(_parse_train(*_options(cfg))) == cfg
+
+
+def test_every_train_option_has_the_field_docstring_as_help():
+    docs = field_docs(TrainConfig)
+    assert sorted(docs) == sorted(f.name for f in dataclasses.fields(TrainConfig))
+    parser = argparse.ArgumentParser()
+    add_train_config_args(parser)
+    helps = {action.dest: action.help for action in parser._actions}
+    for name, doc in docs.items():
+        assert helps[name].startswith(doc.replace("%", "%%")), name
+
+
+def test_train_defaults_and_the_older_option_names():
+    # The defaults are TrainConfig's, except the hook: the command caches activations itself.
+    assert train_config(_parse_train("--out", "o")) == TrainConfig(out_dir="o", hook_name=DEMO_HOOK)
+    older = _parse_train("--out", "o", "--hook", "blocks.2.hook_resid_post", "--expansion", "4", "--d-sae", "0",
+                         "--architecture", "relu", "--k", "8", "--epochs", "3", "--batch-size", "512",
+                         "--seed", "1", "--device", "cpu")
+    assert train_config(older) == TrainConfig(out_dir="o", hook_name="blocks.2.hook_resid_post", expansion_factor=4,
+                                              architecture="relu", k=8, epochs=3.0, batch_size=512, seed=1,
+                                              device="cpu")
+    assert (older.seed, older.held_out, older.batch_windows) == (1, 0.05, 16)  # --seed also picks the split
+
+
+def test_train_options_are_checked_by_the_parser_and_by_train_config(capsys):
+    with pytest.raises(SystemExit):
+        _parse_train("--out", "o", "--architecture", "gated")
+    assert "invalid choice: 'gated'" in capsys.readouterr().err
+    with pytest.raises(TrainError, match="k=0"):
+        train_config(_parse_train("--out", "o", "--k", "0"))
