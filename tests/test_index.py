@@ -1,7 +1,6 @@
 """The feature index against brute force on a tiny model: every statistic, resume, labels, search."""
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -275,18 +274,13 @@ def test_search(setup):
         ix.search("x", by="colour")
 
 
-def test_card_errors_and_latency(setup):
+def test_card_errors_and_every_card_reads(setup):  # latency: bench/bench_index.py
     *_, ix = setup
     for bad in (-1, D_SAE, 3.0, "3"):
         with pytest.raises(ValueError, match=f"0..{D_SAE - 1}"):
             ix.card(bad)
-    ix.card(0)
-    times = []
     for f in range(D_SAE):
-        t = time.perf_counter()
         card = ix.card(f)
-        times.append(time.perf_counter() - t)
-    assert sorted(times)[len(times) // 2] < 0.05
     d = card.to_dict()
     assert json.loads(json.dumps(d)) == d and d["feature"] == D_SAE - 1
 
