@@ -2,14 +2,17 @@
 
 - `card_to_json` / `card_to_markdown` / `card_to_html` / `card_to_png`: one
   `explorer.index.FeatureCard` as a JSON-ready dict (Neuronpedia field names
-  where they exist), Markdown, a standalone offline HTML page, or a PNG image.
+  where they exist), Markdown, a standalone offline HTML page (the app's card,
+  made by `explorer.render`), or a PNG image.
 - `steering_to_json` / `steering_to_markdown`: one `SteeringResult`.
 - `cards_to_zip`: many cards in many formats, byte-reproducible.
-- `dumps`: the JSON text we write; `write_atomic`: temp file, then `os.replace`.
+- `dumps`: the JSON text we write; `write_atomic` (from `explorer.files`): temp
+  file, then `os.replace`.
 
-Token text is untrusted: HTML goes through `explorer.render` only, and
-Markdown through `md_escape`. Every output is deterministic (same card, same
-bytes), so exports can be diffed and cached.
+Token text is untrusted: HTML comes from `explorer.render` only, and Markdown
+goes through `md_escape`. The PNG colours tokens by render's colour-scale rule.
+Every output is deterministic (same card, same bytes), so exports can be
+diffed and cached.
 """
 
 from __future__ import annotations
@@ -53,20 +56,6 @@ def dumps(obj: dict) -> str:
     return json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def _peak(ex: Example) -> int:
-    """Index of the example's peak token inside its window."""
-    if 0 <= ex.position < len(ex.tokens):
-        return ex.position
-    return max(range(len(ex.values)), key=ex.values.__getitem__) if ex.values else 0
-
-
-def _vmax(card: FeatureCard) -> float:
-    """One colour scale for all of a card's examples, so they compare at a glance."""
-    if math.isfinite(card.max_activation) and card.max_activation > 0:
-        return card.max_activation
-    return max((v for ex in card.top_examples for v in ex.values), default=0.0)
-
-
 def _midpoints(edges: list[float]) -> list[float]:
     """Bin centres: geometric for log-spaced edges, arithmetic otherwise."""
     if render.is_log_spaced(edges):
@@ -84,7 +73,7 @@ def _activation_json(ex: Example, bin_min: float, bin_max: float, bin_contains: 
         "bin_min": _num(bin_min),
         "bin_max": _num(bin_max),
         "bin_contains": _num(bin_contains),
-        "qualifying_token_index": _peak(ex),
+        "qualifying_token_index": render.peak(ex),
         # ours
         "display_tokens": list(ex.tokens),
         "token_ids": [int(t) for t in ex.token_ids],
@@ -201,7 +190,7 @@ def _fence(text: str) -> str:
 
 
 def _md_example(ex: Example) -> str:
-    peak = _peak(ex)
+    peak = render.peak(ex)
     toks = [md_escape(render.visible(t)) for t in ex.tokens]
     if toks:
         toks[peak] = f"**{toks[peak]}**"
@@ -288,69 +277,10 @@ def steering_to_markdown(result: SteeringResult, *, labels: dict[int, str] | Non
 
 # ---------------------------------------------------------------- HTML
 
-_CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1000px;
-color:#222;padding:0 16px}
-h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.15em;margin-top:28px;border-bottom:1px solid #ddd}
-.muted{color:#666;font-size:.9em}table{border-collapse:collapse}td,th{padding:2px 8px;text-align:left}
-.num{text-align:right;font-variant-numeric:tabular-nums}.tok{font-family:ui-monospace,Menlo,Consolas,monospace}
-.ex{display:flex;gap:10px;align-items:baseline;border-top:1px solid #eee;padding:2px 0}
-.ex .num{min-width:60px;flex:none}.cols{display:flex;gap:32px;flex-wrap:wrap}
-"""
-# No scripts at all; the policy also blocks any that an escaping bug might let in.
-_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
-
-
-def _html_logits(title: str, rows: list[tuple[str, float]], scale: float, fill: str) -> str:
-    out = [f"<table><tr><th>{render.escape(title)}</th><th></th><th class='num'>logit</th></tr>"]
-    for tok, v in rows:
-        w = 120 * min(abs(v) / scale, 1.0) if scale > 0 and math.isfinite(v) else 0.0
-        out.append(f'<tr><td class="tok">{render.token_html(tok)}</td>'
-                   f'<td><svg width="120" height="10"><rect width="{w:.1f}" height="10" fill="{fill}"/></svg></td>'
-                   f'<td class="num">{v:+.4g}</td></tr>')
-    return "".join(out) + "</table>"
-
-
-def _html_example(ex: Example, vmax: float) -> str:
-    spans = render.token_spans(ex.tokens, ex.values, vmax, peak=_peak(ex), plain_zeros=True)
-    return f'<div class="ex"><span class="num">{ex.activation:.3g}</span>{spans}</div>'
-
 
 def card_to_html(card: FeatureCard, *, model: str, hook: str, sae_id: str) -> str:
-    """A standalone page that opens offline: inline CSS and SVG, no scripts, fonts or links."""
-    e, vmax = render.escape, _vmax(card)
-    name = f"Feature {card.feature}" + (f": {card.label}" if card.label else "")
-    scale = max((abs(v) for _, v in card.top_logits + card.bottom_logits if math.isfinite(v)), default=0.0)
-    body = [
-        f"<h1>{e(name)}</h1>",
-        f'<p class="muted">auto label: {e(card.auto_label)}</p>' if card.auto_label != card.label else "",
-        f'<p class="muted">model {e(model)} · hook {e(hook)} · SAE {e(sae_id)}</p>',
-        "<table><tr><th>density</th><th>max</th><th>mean</th><th>tokens scanned</th></tr>",
-        f'<tr><td class="num">{card.density:.4%}</td><td class="num">{card.max_activation:.4g}</td>'
-        f'<td class="num">{card.mean_activation:.4g}</td><td class="num">{card.n_tokens:,}</td></tr></table>',
-        f"<h2>Activation histogram (nonzero activations{', log scale' if render.is_log_spaced(card.hist_edges) else ''})</h2>",
-        render.histogram_html(card.hist_edges, card.hist_counts),
-        "<h2>Logits</h2>",
-        '<div class="cols">' + _html_logits("top", card.top_logits, scale, "#2a9d4b")
-        + _html_logits("bottom", card.bottom_logits, scale, "#d04040") + "</div>",
-        "<h2>Top examples</h2>",
-        *(_html_example(ex, vmax) for ex in card.top_examples),
-    ]
-    for q in card.quantiles:
-        body.append(f"<h2>{q.low:.3g} to {q.high:.3g} <span class='muted'>(contains {q.fraction:.2%})</span></h2>")
-        body += [_html_example(ex, vmax) for ex in q.examples]
-    for title, pairs in (("Decoder neighbours (cosine)", card.neighbours),
-                         ("Co-occurring features (Jaccard)", card.cooccurring)):
-        if pairs:
-            body.append(f"<h2>{title}</h2><p>" + ", ".join(f"#{int(f)} ({s:.3f})" for f, s in pairs) + "</p>")
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{e(name)}</title><style>{_CSS}</style></head>\n<body>\n"
-        + "\n".join(b for b in body if b)
-        + "\n</body></html>\n"
-    )
+    """A standalone page that opens offline: the app's card (`explorer.render.card_page`)."""
+    return render.card_page(card, source=f"model {model} · hook {hook} · SAE {sae_id}")
 
 
 # ---------------------------------------------------------------- PNG
@@ -385,10 +315,6 @@ def _fit(draw, text: str, font, width: float) -> str:
     return text + "…"
 
 
-def _blend(alpha: float, rgb=(255, 140, 0)) -> tuple[int, int, int]:
-    return tuple(round(255 - alpha * (255 - c)) for c in rgb)
-
-
 def _png_histogram(draw, card: FeatureCard, x: int, y: int, w: int, h: int, fonts) -> None:
     title = "activation histogram (nonzero" + (", log scale)" if render.is_log_spaced(card.hist_edges) else ")")
     draw.text((x, y), title, font=fonts["small"], fill="#555")
@@ -398,7 +324,8 @@ def _png_histogram(draw, card: FeatureCard, x: int, y: int, w: int, h: int, font
         bw = w / len(card.hist_counts)
         for i, c in enumerate(card.hist_counts):
             bh = plot_h * c / top
-            draw.rectangle([x + i * bw, plot_y + plot_h - bh, x + (i + 1) * bw - 1, plot_y + plot_h], fill="#ff8c00")
+            bar = [x + i * bw, plot_y + plot_h - bh, x + (i + 1) * bw - 1, plot_y + plot_h]
+            draw.rectangle(bar, fill=render.HIGHLIGHT)
     if card.hist_edges:
         lo, hi = f"{card.hist_edges[0]:.3g}", f"{card.hist_edges[-1]:.3g}"
         draw.text((x, plot_y + plot_h + 4), lo, font=fonts["small"], fill="#555")
@@ -434,14 +361,14 @@ def _png_example(draw, ex: Example, vmax: float, x: int, y: int, fonts) -> None:
     draw.text((x, y), f"{ex.activation:.3g}", font=fonts["small"], fill="#555")
     if not ex.tokens:
         return
-    x0, peak = x + 64, _peak(ex)
+    x0, peak = x + 64, render.peak(ex)
     font_of = [fonts["mono_bold"] if i == peak else fonts["mono"] for i in range(len(ex.tokens))]
     tokens = [_one_line(t) for t in ex.tokens]
     widths = [draw.textlength(t, font=f) + 2 for t, f in zip(tokens, font_of)]
     a, b = _window_around(widths, peak, _WIDTH - _MARGIN - x0)
     for i in range(a, b):
         w = widths[i]
-        draw.rectangle([x0, y - 2, x0 + w - 1, y + 20], fill=_blend(render._alpha(ex.values[i], vmax)))
+        draw.rectangle([x0, y - 2, x0 + w - 1, y + 20], fill=render.rgb(ex.values[i], vmax))
         draw.text((x0 + 1, y), tokens[i], font=font_of[i], fill="#000")
         if i == peak:
             draw.rectangle([x0, y - 2, x0 + w - 1, y + 20], outline="#c03000")
@@ -481,7 +408,7 @@ def card_to_png(card: FeatureCard, *, model: str, hook: str, sae_id: str) -> byt
 
     # 3) top examples, each a one-line window centred on its peak token
     draw.text((_MARGIN, 330), "top examples", font=fonts["small"], fill="#555")
-    vmax = _vmax(card)
+    vmax = render.colour_scale(card)
     for i, ex in enumerate(examples):
         _png_example(draw, ex, vmax, _MARGIN, 356 + 30 * i, fonts)
 

@@ -1,30 +1,45 @@
-"""HTML for token text: the one place where untrusted text becomes markup.
+"""HTML for token text and feature cards: the one place where untrusted text becomes markup.
 
-Dataset examples and model generations are attacker-influenced, so every
-string goes through `escape` (html.escape with quotes) and every colour,
+Dataset examples, model generations and labels are attacker-influenced, so
+every string goes through `escape` (html.escape with quotes) and every colour,
 width and title is computed from numbers alone. The output uses inline styles
 only, so it works inside `st.html` (DOMPurify-sanitised, not iframed) and in
 standalone exported pages.
 
+Token text:
 - `escape(text)`: text made safe for HTML element content and attribute values.
 - `visible(token)`: control and bidi characters in a token shown as visible marks.
-- `colour(value, vmax)`: the background for an activation, an rgba() string.
+- `alpha(value, vmax)`: THE colour-scale rule, an activation's highlight strength in
+  [0, 1]; `colour` (an rgba() string) and `rgb` (flattened onto white, for images)
+  apply it.
 - `token_html(token)`: one token as HTML text.
 - `token_spans(tokens, values, vmax, peak=...)`: one coloured span per token.
 - `diff_html(clean_tokens, steered_tokens, diverge_at)`: two completions, the
   first differing token marked.
 - `value_table(rows)`, `logit_tables(top, bottom)`: small tables of (token, value).
 - `histogram_html(edges, counts)`: a histogram as plain HTML bars (numbers only).
+
+Feature cards (an `explorer.index.FeatureCard`), one renderer for the app's
+page and every export:
+- `colour_scale(card)`: the vmax shared by all of a card's examples.
+- `card_html(card, ...)`: a `CardHtml` of four parts (top, examples, quantiles,
+  related), one `st.html` element each on the page.
+- `card_page(card, source)`: the same parts as a standalone offline HTML page.
 """
 
 from __future__ import annotations
 
 import html
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    from explorer.index import Example, FeatureCard, QuantileBin
 
 NEWLINE = "↵"  # the display string for "\n" (explorer.tokens.display_token)
 
-_RGB = (255, 140, 0)  # orange: activation highlights
+HIGHLIGHT = (255, 140, 0)  # orange: activation highlights and histogram bars
 _PEAK_STYLE = "font-weight:bold;text-decoration:underline;outline:1px solid #c03000;"
 _TOKEN_STYLE = "padding:0 1px;border-radius:2px;unicode-bidi:isolate;"
 
@@ -36,6 +51,9 @@ _INVISIBLE = (
     | {c: f"<0x{c:02X}>" for c in range(0x80, 0xA0)}
     | {c: f"<U+{c:04X}>" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F)}
 )
+_CELL = 'style="padding:2px 10px;border-bottom:1px solid #eee"'  # a table cell of a card
+_HEAD = 'style="font-weight:600;margin-bottom:4px"'  # the title above a table or the histogram
+_COLUMNS = "display:flex;gap:32px;flex-wrap:wrap"  # tables side by side
 _BOX_STYLE = "font-family:ui-monospace,Menlo,Consolas,monospace;line-height:1.9;overflow-wrap:anywhere;"
 
 
@@ -49,7 +67,9 @@ def visible(token: str) -> str:
     return str(token).translate(_INVISIBLE)
 
 
-def _alpha(value: float, vmax: float) -> float:
+def alpha(value: float, vmax: float) -> float:
+    """How strongly `value` is highlighted on a 0..vmax scale: value/vmax clipped
+    to [0, 1]. A NaN value or a vmax that is not positive gives 0."""
     value, vmax = float(value), float(vmax)
     if not (math.isfinite(vmax) and vmax > 0) or math.isnan(value):
         return 0.0
@@ -59,8 +79,14 @@ def _alpha(value: float, vmax: float) -> float:
 def colour(value: float, vmax: float) -> str:
     """Background for `value` on a 0..vmax scale: orange with alpha value/vmax,
     clipped to [0, 1]. A NaN value or a vmax that is not positive gives alpha 0."""
-    r, g, b = _RGB
-    return f"rgba({r},{g},{b},{_alpha(value, vmax):.3f})"
+    r, g, b = HIGHLIGHT
+    return f"rgba({r},{g},{b},{alpha(value, vmax):.3f})"
+
+
+def rgb(value: float, vmax: float) -> tuple[int, int, int]:
+    """The highlight of `colour` drawn on white, as an opaque colour (for images)."""
+    a = alpha(value, vmax)
+    return tuple(round(255 - a * (255 - c)) for c in HIGHLIGHT)
 
 
 def _fmt(value: float) -> str:
@@ -140,17 +166,16 @@ def diff_html(clean_tokens: list[str], steered_tokens: list[str], diverge_at: in
 def value_table(rows: list[tuple[str, float]], headers: tuple[str, str] = ("token", "logit")) -> str:
     """A small two-column table of (token, value): the logit tables of a card.
     Plain HTML renders far faster in the page than an interactive data grid."""
-    cell = 'style="padding:2px 10px;border-bottom:1px solid #eee"'
-    body = "".join(f"<tr><td {cell}>{token_html(tok)}</td><td {cell} align=right>{_fmt(v)}</td></tr>" for tok, v in rows)
-    head = "".join(f'<th {cell} align=left>{escape(h)}</th>' for h in headers)
+    body = "".join(f"<tr><td {_CELL}>{token_html(tok)}</td><td {_CELL} align=right>{_fmt(v)}</td></tr>" for tok, v in rows)
+    head = "".join(f'<th {_CELL} align=left>{escape(h)}</th>' for h in headers)
     return f'<table style="border-collapse:collapse;font-size:0.85em"><tr>{head}</tr>{body}</table>'
 
 
 def logit_tables(top: list[tuple[str, float]], bottom: list[tuple[str, float]]) -> str:
     """The top and bottom logit tables of a card, side by side."""
-    cols = "".join(f'<div><div style="font-weight:600;margin-bottom:4px">{title}</div>{value_table(rows)}</div>'
+    cols = "".join(f"<div><div {_HEAD}>{title}</div>{value_table(rows)}</div>"
                    for title, rows in (("Top logits", top), ("Bottom logits", bottom)))
-    return f'<div style="display:flex;gap:32px;flex-wrap:wrap">{cols}</div>'
+    return f'<div style="{_COLUMNS}">{cols}</div>'
 
 
 def is_log_spaced(edges: list[float]) -> bool:
@@ -182,3 +207,149 @@ def histogram_html(edges: list[float], counts: list[int], height: int = 130) -> 
             f'border-bottom:1px solid #bbb;max-width:640px">{bars}</div>'
             '<div style="display:flex;justify-content:space-between;color:#555;font-size:0.8em;max-width:640px">'
             f"<span>{_fmt(edges[0])}</span><span>{axis}</span><span>{_fmt(edges[-1])}</span></div>")
+
+
+# ---------------------------------------------------------------- feature cards
+
+CONTEXT = (24, 12)  # tokens shown before and after an example's peak when windows are cut
+RELATED = (("neighbours", "Decoder neighbours", "cosine"), ("cooccurring", "Co-occurring features", "Jaccard"))
+_MUTED = "color:#808495"
+# The browser skips laying out examples that are off screen: Streamlit measures
+# its elements after every update, and each measure would lay out all of them.
+_LAZY = "content-visibility:auto;contain-intrinsic-size:auto 90px"
+# No scripts at all in an exported page; the policy also blocks any that an escaping bug might let in.
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+_PAGE_CSS = ("body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1000px;"
+             "color:#222;padding:0 16px}")
+
+
+@dataclass(frozen=True)
+class CardHtml:
+    """A card's markup in the parts the page draws as separate elements."""
+
+    top: str  # heading, numbers, histogram, logits
+    examples: str  # the max-activating examples
+    quantiles: str  # samples from every activation range (empty when not asked for)
+    related: str  # decoder neighbours and co-occurring features
+
+
+def colour_scale(card: FeatureCard) -> float:
+    """The vmax of all of a card's highlights, one scale so its examples compare
+    at a glance: the feature's max activation, or when that is not a positive
+    number, the largest value in its top examples (0, no colour, if none)."""
+    if math.isfinite(card.max_activation) and card.max_activation > 0:
+        return card.max_activation
+    return max((v for ex in card.top_examples for v in ex.values), default=0.0)
+
+
+def peak(ex: Example) -> int:
+    """Index of the example's peak token inside its window: its position, or the
+    largest value when the position lies outside the window."""
+    if 0 <= ex.position < len(ex.tokens):
+        return ex.position
+    return max(range(len(ex.values)), key=ex.values.__getitem__) if ex.values else 0
+
+
+def feature_name(feature: int, label: str = "") -> str:
+    """How a feature is named on a card: '#12 · its label', or '#12'."""
+    return f"#{int(feature)} · {label}" if label else f"#{int(feature)}"
+
+
+def example_html(ex: Example, vmax: float, context: tuple[int, int] | None = CONTEXT) -> str:
+    """One example: a caption with its numbers, then its tokens highlighted and
+    the peak marked; `context` (before, after) cuts the window around the peak,
+    None shows it whole."""
+    p = peak(ex)
+    a, b = (0, len(ex.tokens)) if context is None else (max(0, p - context[0]), p + context[1] + 1)
+    # numbers only in the caption: nothing to escape
+    caption = (f'<div style="{_MUTED};font-size:0.8em;margin-top:0.7em">activation {ex.activation:.3g}'
+               f" · window {ex.window}, token {ex.position}</div>")
+    spans = token_spans(ex.tokens[a:b], ex.values[a:b], vmax, peak=p - a, plain_zeros=True)
+    return f'<div style="{_LAZY}">{caption}{spans}</div>'
+
+
+def quantiles_html(quantiles: Sequence[QuantileBin], vmax: float, context: tuple[int, int] | None = CONTEXT) -> str:
+    """Samples from every activation range, each range under its heading."""
+    return "".join(
+        f'<div style="font-weight:600;margin-top:1em">{q.low:.3g} to {q.high:.3g} · '
+        f"{q.fraction:.2%} of activations</div>"
+        + "".join(example_html(ex, vmax, context) for ex in q.examples)
+        for q in quantiles
+    )
+
+
+def _card_top(card: FeatureCard) -> str:
+    auto = (f'<div style="{_MUTED};font-size:0.9em">Auto label: {escape(card.auto_label)}</div>'
+            if card.auto_label and card.auto_label != card.label else "")
+    numbers = (("Density", f"{card.density:.4%}"), ("Max activation", f"{card.max_activation:.4g}"),
+               ("Mean activation", f"{card.mean_activation:.4g}"), ("Tokens scanned", f"{card.n_tokens:,}"))
+    stats = "".join(f'<div><div style="{_MUTED};font-size:0.85em">{name}</div>'
+                    f'<div style="font-size:1.8em">{value}</div></div>' for name, value in numbers)
+    histogram = (f"<div {_HEAD}>Activation histogram (nonzero activations)</div>"
+                 + histogram_html(card.hist_edges, card.hist_counts))
+    return (f"<h2>{escape(feature_name(card.feature, card.label))}</h2>{auto}"
+            f'<div style="display:flex;flex-wrap:wrap;gap:1em 4em;margin:0.5em 0 1.5em">{stats}</div>'
+            '<div style="display:flex;flex-wrap:wrap;gap:1.5em 3em">'
+            f'<div style="flex:1 1 320px">{histogram}</div>'
+            f"<div>{logit_tables(card.top_logits, card.bottom_logits)}</div></div>"
+            "<h3>Max-activating examples</h3>")
+
+
+def _related(card: FeatureCard, label: Callable[[int], str], links: bool) -> str:
+    """Both lists of related features; with `links` each name is a deep link
+    (?feature=N) that opens that card in a new tab."""
+    cols = []
+    for attr, title, score in RELATED:
+        rows = []
+        for f, value in getattr(card, attr):
+            name = escape(feature_name(f, label(f)))
+            if links:
+                name = f'<a href="?feature={int(f)}" target="_blank">{name}</a>'
+            rows.append(f"<tr><td {_CELL}>{name}</td><td {_CELL} align=right>{value:.2f}</td></tr>")
+        rows = rows or ["<tr><td>none</td></tr>"]
+        cols.append(f"<div><div {_HEAD}>{title} ({score})</div>"
+                    f'<table style="border-collapse:collapse;font-size:0.9em">{"".join(rows)}</table></div>')
+    return f'<h3>Related features</h3><div style="{_COLUMNS}">{"".join(cols)}</div>'
+
+
+def card_html(
+    card: FeatureCard,
+    *,
+    label: Callable[[int], str] | None = None,
+    context: tuple[int, int] | None = CONTEXT,
+    quantiles: bool = True,
+    links: bool = True,
+) -> CardHtml:
+    """Plain HTML for everything on a card that is not a widget.
+
+    `label(feature)` names the related features (none by default; the card's
+    own label comes with it). `context` cuts each example around its peak
+    (None: whole windows). `quantiles` False leaves that part empty, to save
+    the browser its markup while nobody looks. `links` makes related features
+    deep links to their cards."""
+    vmax = colour_scale(card)
+    samples = quantiles_html(card.quantiles, vmax, context) if quantiles else ""
+    examples = "".join(example_html(ex, vmax, context) for ex in card.top_examples)
+    return CardHtml(
+        top=_card_top(card),
+        examples=f'<div class="card-examples">{examples}</div>',
+        quantiles=f'<div class="card-quantiles">{samples}</div>',
+        related=_related(card, label or (lambda f: ""), links),
+    )
+
+
+def card_page(card: FeatureCard, source: str) -> str:
+    """The card as a standalone page that opens offline: the app's card with
+    whole windows, every activation range and related features as plain text,
+    under a line saying where it comes from (`source`). Inline styles only; no
+    scripts, fonts, images or links."""
+    parts = card_html(card, context=None, links=False)
+    samples = f"<h3>Samples by activation range</h3>\n{parts.quantiles}\n" if card.quantiles else ""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{escape(feature_name(card.feature, card.label))}</title><style>{_PAGE_CSS}</style></head>\n<body>\n"
+        f'<p style="{_MUTED}">{escape(source)}</p>\n{parts.top}\n{parts.examples}\n{samples}{parts.related}\n'
+        "</body></html>\n"
+    )

@@ -1,8 +1,12 @@
-"""Feature card: what one feature responds to and what it promotes."""
+"""Feature card: what one feature responds to and what it promotes.
+
+Top to bottom as on screen: the picker (id, previous / next / random, label,
+steer link, search), the card (its markup from `explorer.render.card_html`),
+the related-feature box, and the export panel; then the page itself.
+"""
 
 import functools
 import random
-from typing import NamedTuple
 
 import streamlit as st
 
@@ -11,19 +15,6 @@ from explorer.export import FORMATS, card_filename
 from pages import common
 
 PAGE = "feature"
-RELATED = (("neighbours", "Decoder neighbours", "cosine"), ("cooccurring", "Co-occurring features", "Jaccard"))
-CONTEXT = (24, 12)  # tokens shown before and after an example's peak
-# The browser skips laying out examples that are off screen: Streamlit measures
-# its elements after every update, and each measure would lay out all of them.
-LAZY = "content-visibility:auto;contain-intrinsic-size:auto 90px"
-
-
-def step(delta: int, d_sae: int) -> None:
-    st.session_state["feature_id"] = (st.session_state["feature_id"] + delta) % d_sae
-
-
-def jump(feature: int) -> None:
-    st.session_state["feature_id"] = int(feature)
 
 
 def picker(ws, card) -> None:
@@ -50,18 +41,12 @@ def picker(ws, card) -> None:
         viewed.append(card.feature)
 
 
-def search_hits(ws) -> None:
-    by = st.radio("Search in", ["label", "top_token", "logit_token"], horizontal=True, key="search_by", persist_state="session",
-                  format_func={"label": "labels", "top_token": "top-activating tokens",
-                               "logit_token": "promoted tokens (logits)"}.get)
-    query = st.text_input("Search", key="search_query", persist_state="session", placeholder="e.g. French, ␣the, code")
-    if query.strip():
-        hits = ws.index.search(query.strip(), by=by, limit=20)
-        if not hits:
-            st.info("No feature matches.")
-        with st.container(horizontal=True):
-            for f in hits:
-                st.button(common.feature_md(ws, f), key=f"hit_{f}", on_click=jump, args=(f,))
+def step(delta: int, d_sae: int) -> None:
+    st.session_state["feature_id"] = (st.session_state["feature_id"] + delta) % d_sae
+
+
+def jump(feature: int) -> None:
+    st.session_state["feature_id"] = int(feature)
 
 
 def label_editor(ws, card) -> None:
@@ -77,27 +62,55 @@ def label_editor(ws, card) -> None:
             st.rerun()
 
 
-def examples_html(items, vmax: float) -> str:
-    """Each example around its peak token (marked), or whole when asked."""
+def search_hits(ws) -> None:
+    by = st.radio("Search in", ["label", "top_token", "logit_token"], horizontal=True, key="search_by", persist_state="session",
+                  format_func={"label": "labels", "top_token": "top-activating tokens",
+                               "logit_token": "promoted tokens (logits)"}.get)
+    query = st.text_input("Search", key="search_query", persist_state="session", placeholder="e.g. French, ␣the, code")
+    if query.strip():
+        hits = ws.index.search(query.strip(), by=by, limit=20)
+        if not hits:
+            st.info("No feature matches.")
+        with st.container(horizontal=True):
+            for f in hits:
+                st.button(common.feature_md(ws, f), key=f"hit_{f}", on_click=jump, args=(f,))
+
+
+def card_html(ws, card) -> render.CardHtml:
+    """Plain HTML for everything on a card that is not a widget. Streamlit
+    redraws every element on the page when a run starts and when it ends, so
+    each element, widget or not, costs the browser time on every card change."""
     whole = st.session_state.get("card_whole", False)
-    parts = []
-    for ex in items:
-        a, b = (0, len(ex.tokens)) if whole else (max(0, ex.position - CONTEXT[0]), ex.position + CONTEXT[1] + 1)
-        # numbers only in the caption: nothing to escape
-        caption = (f'<div style="color:#808495;font-size:0.8em;margin-top:0.7em">activation {ex.activation:.3g}'
-                   f" · window {ex.window}, token {ex.position}</div>")
-        spans = render.token_spans(ex.tokens[a:b], ex.values[a:b], vmax, peak=ex.position - a, plain_zeros=True)
-        parts.append(f'<div style="{LAZY}">{caption}{spans}</div>')
-    return "".join(parts)
+    return render.card_html(card, label=functools.partial(common.label, ws), context=None if whole else render.CONTEXT,
+                            quantiles=bool(st.session_state.get("quantiles_open")))
 
 
-def quantiles_html(quantiles, vmax: float) -> str:
-    """Samples from every activation range, one element for them all."""
-    return "".join(
-        f'<div style="font-weight:600;margin-top:1em">{q.low:.3g} to {q.high:.3g} · {q.fraction:.2%} of activations</div>'
-        f"{examples_html(q.examples, vmax)}"
-        for q in quantiles
-    )
+def show_card(ws, card, html: render.CardHtml) -> None:
+    st.html(html.top)
+    st.toggle("Whole windows", key="card_whole", persist_state="session",
+              help=f"Off: {render.CONTEXT[0]} tokens before and {render.CONTEXT[1]} after each peak token")
+    st.html(html.examples)
+    if card.quantiles:
+        # Drawn only while open, and it stays open from card to card: 25 more
+        # examples would double the markup the browser cleans on every card.
+        box = st.expander("Samples by activation range", key="quantiles_open", on_change="rerun")
+        if box.open:
+            with box:
+                st.html(html.quantiles)
+    st.html(html.related)
+    related_picker(ws, card)
+
+
+def related_picker(ws, card) -> None:
+    """One box for both lists: a widget with a button per feature costs the
+    browser about 30 ms more on every card change (measured)."""
+    names: dict[int, str] = {}
+    for attr, _, score in render.RELATED:
+        for f, value in getattr(card, attr):
+            names.setdefault(f, f"{common.feature_name(ws, f)} ({score} {value:.2f})")
+    if names:
+        st.selectbox("Open a related feature here", list(names), index=None, format_func=names.get, key="related",
+                     on_change=open_picked, args=("related",), placeholder="Choose a feature", width=480)
 
 
 def open_picked(key: str) -> None:
@@ -106,32 +119,6 @@ def open_picked(key: str) -> None:
     st.session_state[key] = None
     if picked is not None:
         st.session_state["feature_id"] = int(picked)
-
-
-def related_html(ws, card) -> str:
-    """Both lists of related features. Each name is a deep link that opens
-    the card in a new tab; `related_picker` opens one in this tab."""
-    e = render.escape
-    cell = 'style="padding:2px 10px;border-bottom:1px solid #eee"'
-    cols = []
-    for attr, title, score in RELATED:
-        rows = "".join(f'<tr><td {cell}><a href="?feature={f}" target="_blank">{e(common.feature_name(ws, f))}</a></td>'
-                       f"<td {cell} align=right>{value:.2f}</td></tr>" for f, value in getattr(card, attr))
-        cols.append(f'<div><div style="font-weight:600;margin-bottom:4px">{title} ({score})</div>'
-                    f'<table style="border-collapse:collapse;font-size:0.9em">{rows or "<tr><td>none</td></tr>"}</table></div>')
-    return f'<div style="display:flex;gap:32px;flex-wrap:wrap">{"".join(cols)}</div>'
-
-
-def related_picker(ws, card) -> None:
-    """One box for both lists: a widget with a button per feature costs the
-    browser about 30 ms more on every card change (measured)."""
-    names: dict[int, str] = {}
-    for attr, _, score in RELATED:
-        for f, value in getattr(card, attr):
-            names.setdefault(f, f"{common.feature_name(ws, f)} ({score} {value:.2f})")
-    if names:
-        st.selectbox("Open a related feature here", list(names), index=None, format_func=names.get, key="related",
-                     on_change=open_picked, args=("related",), placeholder="Choose a feature", width=480)
 
 
 def export_panel(ws, feature: int) -> None:
@@ -155,56 +142,6 @@ def export_panel(ws, feature: int) -> None:
             st.download_button(f"Zip of {len(several)} card(s)", functools.partial(common.zip_bytes, ws, several, formats),
                                key="dl_zip", file_name="feature_cards.zip", mime="application/zip", on_click="ignore",
                                icon=":material/folder_zip:")
-
-
-class CardHtml(NamedTuple):
-    """A card's markup, made before any element is drawn (see `browse`)."""
-
-    top: str  # heading, numbers, histogram, logits
-    examples: str
-    quantiles: str  # empty while its expander is closed
-    related: str
-
-
-def card_html(ws, card) -> CardHtml:
-    """Plain HTML for everything on a card that is not a widget. Streamlit
-    redraws every element on the page when a run starts and when it ends, so
-    each element, widget or not, costs the browser time on every card change."""
-    e = render.escape
-    vmax = card.max_activation if card.max_activation > 0 else 1.0
-    auto = (f'<div style="color:#808495;font-size:0.9em">Auto label: {e(card.auto_label)}</div>'
-            if card.auto_label and card.auto_label != card.label else "")
-    stats = "".join(
-        f'<div><div style="color:#808495;font-size:0.85em">{name}</div><div style="font-size:1.8em">{value}</div></div>'
-        for name, value in (("Density", f"{card.density:.4%}"), ("Max activation", f"{card.max_activation:.4g}"),
-                            ("Mean activation", f"{card.mean_activation:.4g}"), ("Tokens scanned", f"{card.n_tokens:,}"))
-    )
-    top = (f"<h2>{e(common.feature_name(ws, card.feature))}</h2>{auto}"
-           f'<div style="display:flex;flex-wrap:wrap;gap:1em 4em;margin:0.5em 0 1.5em">{stats}</div>'
-           '<div style="display:flex;flex-wrap:wrap;gap:1.5em 3em">'
-           f'<div style="flex:1 1 320px">{common.histogram_html(card)}</div>'
-           f"<div>{render.logit_tables(card.top_logits, card.bottom_logits)}</div></div>"
-           "<h3>Max-activating examples</h3>")
-    quantiles = quantiles_html(card.quantiles, vmax) if st.session_state.get("quantiles_open") else ""
-    return CardHtml(top=top, examples=f'<div class="card-examples">{examples_html(card.top_examples, vmax)}</div>',
-                    quantiles=f'<div class="card-quantiles">{quantiles}</div>',
-                    related=f"<h3>Related features</h3>{related_html(ws, card)}")
-
-
-def show_card(ws, card, html: CardHtml) -> None:
-    st.html(html.top)
-    st.toggle("Whole windows", key="card_whole", persist_state="session",
-              help=f"Off: {CONTEXT[0]} tokens before and {CONTEXT[1]} after each peak token")
-    st.html(html.examples)
-    if card.quantiles:
-        # Drawn only while open, and it stays open from card to card: 25 more
-        # examples would double the markup the browser cleans on every card.
-        box = st.expander("Samples by activation range", key="quantiles_open", on_change="rerun")
-        if box.open:
-            with box:
-                st.html(html.quantiles)
-    st.html(html.related)
-    related_picker(ws, card)
 
 
 def feature_page() -> None:

@@ -3,6 +3,7 @@ and is deterministic."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import zipfile
@@ -24,39 +25,12 @@ from explorer.export import (
     steering_to_markdown,
     write_atomic,
 )
-from explorer.index import Example, FeatureCard, QuantileBin
+from explorer import render
 from explorer.steering import Completion, GenerationSettings, Intervention, SteeringResult
-from test_render import parse
+from test_app import app, no_exception, ws  # noqa: F401  (ws: the demo workspace fixture)
+from test_render import IMG, SCRIPT, make_card, parse
 
-SCRIPT = "<script>alert(1)</script>"
-IMG = '"><img src=x onerror=alert(1)>'
 META = dict(model="tiny-model", hook="blocks.1.hook_resid_post", sae_id="sae-abc")
-
-
-def example(tokens: list[str], values: list[float], window: int = 0) -> Example:
-    peak = max(range(len(values)), key=values.__getitem__)
-    return Example(
-        window=window, position=peak, activation=values[peak],
-        token_ids=list(range(len(tokens))), tokens=tokens,
-        texts=[t.replace("␣", " ").replace("↵", "\n") for t in tokens], values=values,
-    )
-
-
-def make_card(feature: int = 123) -> FeatureCard:
-    top = [
-        example(["Hello", "␣", SCRIPT, "␣world", "↵"], [0.0, 0.5, 4.0, 1.0, 0.0], window=7),
-        example(["a", IMG, "&amp;", "|pipe|", "`tick`"], [0.2, 3.0, 0.1, 0.0, 0.0], window=9),
-    ]
-    return FeatureCard(
-        feature=feature, label=f"html {SCRIPT}", auto_label="markup *tokens*",
-        density=0.0123, max_activation=4.0, mean_activation=1.25, n_tokens=10_000,
-        hist_edges=[0.0, 1.0, 2.0, 3.0, 4.0], hist_counts=[50, 20, 5, 1],
-        top_logits=[("</div>", 2.5), (SCRIPT, 1.5)], bottom_logits=[("|x|", -2.0), ("`", -1.0), ("\x1c", -0.5)],
-        top_examples=top,
-        quantiles=[QuantileBin(low=0.0, high=2.0, fraction=0.9, examples=[top[1]]),
-                   QuantileBin(low=2.0, high=4.0, fraction=0.1, examples=[top[0]])],
-        neighbours=[(5, 0.81), (9, 0.5)], cooccurring=[(17, 0.25)],
-    )
 
 
 def steering_result(text: str = f"ok {SCRIPT} ``` fence") -> SteeringResult:
@@ -134,11 +108,63 @@ def test_html_export_is_inert_and_offline():
     assert not tags & {"script", "img", "iframe", "object", "embed", "link", "a", "base"}
     for _, attrs in p.tags:
         assert not any(k.startswith("on") or k in ("src", "href") for k in attrs)
-    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    assert "https://" not in page and "@import" not in page and "url(" not in page
+    assert "http://" not in page and "https://" not in page and "@import" not in page and "url(" not in page
     for payload in (SCRIPT, IMG, "&amp;", "|pipe|", "markup *tokens*"):
         assert payload in p.text
-    assert "svg" in tags and "Content-Security-Policy" in page
+    assert "Content-Security-Policy" in page
+
+
+def test_html_export_is_the_app_card():
+    card = make_card()
+    page = card_to_html(card, **META)
+    parts = render.card_html(card, context=None, links=False)  # whole windows, no links out of the file
+    for part in dataclasses.astuple(parts):
+        assert part in page
+    assert "tiny-model · hook blocks.1.hook_resid_post · SAE sae-abc" in page
+
+
+@pytest.mark.parametrize("fmt", ["html", "md", "json", "png"])
+def test_untrusted_text_stays_text_in_every_format(fmt):
+    untrusted = {"label": "<script>label()</script>", "auto_label": '"><img src=x onerror=auto()>',
+                 "logit": "<b>logit</b>", "model": "<script>model()</script>", "hook": "<i>hook</i>",
+                 "sae_id": "<a href=x>sae</a>", "token": SCRIPT}
+    card = dataclasses.replace(make_card(), label=untrusted["label"], auto_label=untrusted["auto_label"],
+                               top_logits=[(untrusted["logit"], 1.0)])
+    data = card_bytes(card, fmt, model=untrusted["model"], hook=untrusted["hook"], sae_id=untrusted["sae_id"])
+    if fmt == "png":  # drawn as pixels: nothing is parsed
+        Image.open(io.BytesIO(data)).verify()
+        return
+    if fmt == "json":  # raw strings: whoever shows them escapes them
+        d = json.loads(data)
+        assert (d["label"], d["auto_label"], d["pos_str"], d["model_id"]) == (
+            untrusted["label"], untrusted["auto_label"], [untrusted["logit"]], untrusted["model"])
+        return
+    text = data.decode()
+    if fmt == "md":
+        import markdown_it
+
+        text = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(text)
+    p = parse(text)
+    assert not {tag for tag, _ in p.tags} & {"script", "img", "b", "i", "a"}
+    for name, payload in untrusted.items():
+        assert payload in p.text, name
+
+
+@pytest.mark.demo
+def test_page_and_html_export_draw_the_same_card(ws):
+    """The feature page and the HTML export share one renderer: with whole
+    windows and the samples open, the page's card elements are in the export."""
+    at = app("pages/feature.py", feature="3")
+    at.session_state["card_whole"] = True
+    at.session_state["quantiles_open"] = True
+    at.run()
+    no_exception(at)
+    shown = [h.proto.body for h in at.get("html")]
+    card = ws.index.card(3)
+    parts = render.card_html(card, label=ws.index.label, context=None)
+    assert shown == [parts.top, parts.examples, parts.quantiles, parts.related]
+    exported = card_to_html(card, **META)
+    assert parts.top in exported and parts.examples in exported and parts.quantiles in exported
 
 
 def test_png_is_a_reasonable_image():
