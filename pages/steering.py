@@ -45,6 +45,7 @@ def steering_page() -> None:
 
 
 def load_link(ws, state: LinkState) -> None:
+    """A new deep link replaces the features to steer and the settings."""
     st.session_state["steer_items"] = []
     for iv in state.steer:
         if iv.relative and max_act(ws, iv.feature) is None:
