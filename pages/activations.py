@@ -5,14 +5,41 @@ import streamlit as st
 
 from explorer.activations import MAX_PROMPT_TOKENS, PromptError
 from explorer.links import MAX_PROMPT_CHARS
-from pages import common
+from ui import cache, charts, links
+from ui.features import feature_name, label, max_act
+from ui.router import PAGES, run_page
+from ui.workspace import current_workspace
 
 PAGE = "activations"
 N_HEATMAP = 20
 
 
+def activations_page() -> None:
+    st.title("Token activations")
+    ws = current_workspace()
+    if ws is None:
+        return
+    prompt_form(ws)
+    run = st.session_state.get("act_run")
+    if run is None:
+        st.info("Type a prompt and press **Analyse** to see which features fire on each token.")
+        return
+    acts = analyse(ws, run)
+    if acts is None:
+        return
+    ranked = acts.top_features(n=500)
+    if not ranked:
+        st.info("No feature fires on this prompt.")
+        return
+    feature = feature_picker(ws, ranked)
+    links.write_link(PAGE, {"prompt": run[0], **({"chat": "1"} if run[1] else {}), "feature": str(feature)})
+    highlighted_tokens(ws, acts, feature, run[0])
+    token_panel(ws, acts, feature)
+    chart_tabs(ws, acts, [f for f, _ in ranked[:N_HEATMAP]])
+
+
 def prompt_form(ws) -> None:
-    state, fresh = common.link(PAGE, ws)
+    state, fresh = links.link(PAGE, ws)
     if fresh and state.prompt:
         st.session_state.update(act_prompt=state.prompt, act_chat=state.chat, act_run=(state.prompt, state.chat))
         if state.feature is not None:
@@ -27,6 +54,43 @@ def prompt_form(ws) -> None:
             st.session_state["act_run"] = (text, chat)
 
 
+def analyse(ws, run: tuple[str, bool]):
+    """The prompt's activations, or None after showing why there are none."""
+    try:
+        acts = cache.activations(ws, *run)
+    except PromptError as err:
+        st.error(str(err))
+        return None
+    if acts.truncated_from:
+        st.warning(f"The prompt has {acts.truncated_from:,} tokens; only the first {MAX_PROMPT_TOKENS} were analysed.")
+    return acts
+
+
+def feature_picker(ws, ranked: list[tuple[int, float]]) -> int:
+    """The feature to highlight, strongest first; a deep link's feature when it fires."""
+    options = [f for f, _ in ranked]
+    want = st.session_state.pop("act_want_feature", None)
+    if want in options or st.session_state.get("act_feature") not in options:
+        st.session_state["act_feature"] = want if want in options else options[0]
+    return st.selectbox("Highlight feature (strongest first)", options, key="act_feature", persist_state="session",
+                        format_func=lambda f: f"{feature_name(ws, f)}  (max {dict(ranked)[f]:.3g})")
+
+
+def highlighted_tokens(ws, acts, feature: int, prompt: str) -> None:
+    """The prompt's tokens coloured by the feature, then links to its card and to steer it."""
+    values = acts.feature_values(feature)
+    vmax = max_act(ws, feature) or max(values)
+    with st.container(key="act_tokens"):
+        charts.tokens_html(acts.tokens, values, vmax)
+    with st.container(horizontal=True):
+        st.page_link(PAGES["feature"], label=f"Open the card of #{feature}", icon=":material/style:",
+                     query_params={"feature": str(feature)}, disabled=ws.index is None)
+        relative = max_act(ws, feature) is not None
+        steer = f"{feature}:clamp:4x" if relative else f"{feature}:clamp:{4 * max(values):.3g}"
+        st.page_link(PAGES["steering"], label=f"Steer #{feature}", icon=":material/tune:",
+                     query_params={"steer": steer, "prompt": prompt})
+
+
 def token_panel(ws, acts, feature: int) -> None:
     """Pick a token; list the features it activates, with links to their cards."""
     trace = acts.feature_values(feature)
@@ -36,55 +100,15 @@ def token_panel(ws, acts, feature: int) -> None:
     feats, vals = acts.features[pos], acts.values[pos]
     err = acts.error_norm[pos] / acts.input_norm[pos] if acts.input_norm[pos] else 0.0
     st.caption(f"Token {pos} activates {len(feats)} kept features; reconstruction error ‖x−x̂‖/‖x‖ = {err:.3f}")
-    table = pd.DataFrame({"feature": feats, "activation": vals, "label": [common.label(ws, f) for f in feats]})
+    table = pd.DataFrame({"feature": feats, "activation": vals, "label": [label(ws, f) for f in feats]})
     st.dataframe(table, hide_index=True, width="stretch")
-    common.feature_links(ws, list(zip(feats[:8], vals[:8])), key="token_feature_links")
+    links.feature_links(ws, list(zip(feats[:8], vals[:8])), key="token_feature_links")
 
 
-def activations_page() -> None:
-    st.title("Token activations")
-    ws = common.current_workspace()
-    if ws is None:
-        return
-    prompt_form(ws)
-    run = st.session_state.get("act_run")
-    if run is None:
-        st.info("Type a prompt and press **Analyse** to see which features fire on each token.")
-        return
-    try:
-        acts = common.activations(ws, *run)
-    except PromptError as err:
-        st.error(str(err))
-        return
-    if acts.truncated_from:
-        st.warning(f"The prompt has {acts.truncated_from:,} tokens; only the first {MAX_PROMPT_TOKENS} were analysed.")
-    ranked = acts.top_features(n=500)
-    if not ranked:
-        st.info("No feature fires on this prompt.")
-        return
-    options = [f for f, _ in ranked]
-    want = st.session_state.pop("act_want_feature", None)
-    if want in options or st.session_state.get("act_feature") not in options:
-        st.session_state["act_feature"] = want if want in options else options[0]
-    feature = st.selectbox("Highlight feature (strongest first)", options, key="act_feature", persist_state="session",
-                           format_func=lambda f: f"{common.feature_name(ws, f)}  (max {dict(ranked)[f]:.3g})")
-    common.write_link(PAGE, {"prompt": run[0], **({"chat": "1"} if run[1] else {}), "feature": str(feature)})
-    values = acts.feature_values(feature)
-    vmax = common.max_act(ws, feature) or max(values)
-    with st.container(key="act_tokens"):
-        common.tokens_html(acts.tokens, values, vmax)
-    with st.container(horizontal=True):
-        st.page_link(common.PAGES["feature"], label=f"Open the card of #{feature}", icon=":material/style:",
-                     query_params={"feature": str(feature)}, disabled=ws.index is None)
-        relative = common.max_act(ws, feature) is not None
-        steer = f"{feature}:clamp:4x" if relative else f"{feature}:clamp:{4 * max(values):.3g}"
-        st.page_link(common.PAGES["steering"], label=f"Steer #{feature}", icon=":material/tune:",
-                     query_params={"steer": steer, "prompt": run[0]})
-    token_panel(ws, acts, feature)
+def chart_tabs(ws, acts, top: list[int]) -> None:
     heat, error = st.tabs(["Heatmap: tokens × top features", "Reconstruction error per token"])
-    top = options[:N_HEATMAP]
-    heat.plotly_chart(common.heatmap(ws, acts, top), key="act_heatmap")
-    error.plotly_chart(common.error_chart(acts), key="act_error")
+    heat.plotly_chart(charts.heatmap(ws, acts, top), key="act_heatmap")
+    error.plotly_chart(charts.error_chart(acts), key="act_error")
 
 
-common.run_page(activations_page)
+run_page(activations_page)

@@ -12,7 +12,10 @@ import streamlit as st
 
 from explorer import render
 from explorer.export import FORMATS, card_filename
-from pages import common
+from ui import cache, links
+from ui.features import feature_md, feature_name, label
+from ui.router import PAGES, run_page
+from ui.workspace import NO_INDEX, current_workspace
 
 PAGE = "feature"
 
@@ -27,7 +30,7 @@ def picker(ws, card) -> None:
         st.button("Next", on_click=step, args=(1, d_sae), icon=":material/chevron_right:")
         st.button("Random", on_click=jump, args=(random.randrange(d_sae),), icon=":material/casino:")
         label_editor(ws, card)
-        st.page_link(common.PAGES["steering"], label="Steer this feature (clamp to 4x its max)",
+        st.page_link(PAGES["steering"], label="Steer this feature (clamp to 4x its max)",
                      icon=":material/tune:", query_params={"steer": f"{card.feature}:clamp:4x"})
     # Built only while open (a lazy expander): every element costs the browser
     # a render on each card change.
@@ -35,7 +38,7 @@ def picker(ws, card) -> None:
     if search.open:
         with search:
             search_hits(ws)
-    common.write_link(PAGE, {"feature": str(card.feature)})
+    links.write_link(PAGE, {"feature": str(card.feature)})
     viewed = st.session_state.setdefault("viewed", [])
     if card.feature not in viewed:
         viewed.append(card.feature)
@@ -57,7 +60,7 @@ def label_editor(ws, card) -> None:
     with box, st.form(f"label_form_{card.feature}", border=False):
         text = st.text_input("Label", card.label, placeholder=card.auto_label or "describe this feature")
         if st.form_submit_button("Save label"):
-            common.set_label(ws, card.feature, text.strip())
+            cache.set_label(ws, card.feature, text.strip())
             st.toast(f"Saved the label of #{card.feature}")
             st.rerun()
 
@@ -73,7 +76,7 @@ def search_hits(ws) -> None:
             st.info("No feature matches.")
         with st.container(horizontal=True):
             for f in hits:
-                st.button(common.feature_md(ws, f), key=f"hit_{f}", on_click=jump, args=(f,))
+                st.button(feature_md(ws, f), key=f"hit_{f}", on_click=jump, args=(f,))
 
 
 def card_html(ws, card) -> render.CardHtml:
@@ -81,7 +84,7 @@ def card_html(ws, card) -> render.CardHtml:
     redraws every element on the page when a run starts and when it ends, so
     each element, widget or not, costs the browser time on every card change."""
     whole = st.session_state.get("card_whole", False)
-    return render.card_html(card, label=functools.partial(common.label, ws), context=None if whole else render.CONTEXT,
+    return render.card_html(card, label=functools.partial(label, ws), context=None if whole else render.CONTEXT,
                             quantiles=bool(st.session_state.get("quantiles_open")))
 
 
@@ -107,7 +110,7 @@ def related_picker(ws, card) -> None:
     names: dict[int, str] = {}
     for attr, _, score in render.RELATED:
         for f, value in getattr(card, attr):
-            names.setdefault(f, f"{common.feature_name(ws, f)} ({score} {value:.2f})")
+            names.setdefault(f, f"{feature_name(ws, f)} ({score} {value:.2f})")
     if names:
         st.selectbox("Open a related feature here", list(names), index=None, format_func=names.get, key="related",
                      on_change=open_picked, args=("related",), placeholder="Choose a feature", width=480)
@@ -131,27 +134,27 @@ def export_panel(ws, feature: int) -> None:
     with panel:
         with st.container(horizontal=True):
             for fmt in FORMATS:
-                st.download_button(fmt.upper(), functools.partial(common.card_bytes, ws, feature, fmt),
+                st.download_button(fmt.upper(), functools.partial(cache.card_bytes, ws, feature, fmt),
                                    file_name=card_filename(feature, fmt),
-                                   mime=common.MIME[fmt], key=f"dl_{fmt}", on_click="ignore", icon=":material/download:")
+                                   mime=cache.MIME[fmt], key=f"dl_{fmt}", on_click="ignore", icon=":material/download:")
         viewed = st.session_state.get("viewed", [feature])
         with st.container(horizontal=True, vertical_alignment="bottom"):
             several = st.multiselect("Cards for a zip (viewed this session)", viewed, default=[feature], key="zip_features")
             formats = st.multiselect("Formats", FORMATS, default=list(FORMATS), key="zip_formats")
         if several and formats:
-            st.download_button(f"Zip of {len(several)} card(s)", functools.partial(common.zip_bytes, ws, several, formats),
+            st.download_button(f"Zip of {len(several)} card(s)", functools.partial(cache.zip_bytes, ws, several, formats),
                                key="dl_zip", file_name="feature_cards.zip", mime="application/zip", on_click="ignore",
                                icon=":material/folder_zip:")
 
 
 def feature_page() -> None:
     st.title("Feature card")
-    ws = common.current_workspace()
+    ws = current_workspace()
     if ws is None:
         return
-    state, fresh = common.link(PAGE, ws)
+    state, fresh = links.link(PAGE, ws)
     if ws.index is None:
-        st.info(common.NO_INDEX)
+        st.info(NO_INDEX)
         return
     if fresh and state.feature is not None:
         st.session_state["feature_id"] = state.feature
@@ -165,11 +168,11 @@ def browse(ws) -> None:
     st.session_state.setdefault("feature_id", 0)
     # The card and its markup are made before the first element is drawn, so
     # the browser receives the new card in one burst and renders it once.
-    card = common.card(ws, int(st.session_state["feature_id"]))
+    card = cache.card(ws, int(st.session_state["feature_id"]))
     html = card_html(ws, card)
     picker(ws, card)
     show_card(ws, card, html)
     export_panel(ws, card.feature)
 
 
-common.run_page(feature_page)
+run_page(feature_page)

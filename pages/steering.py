@@ -14,32 +14,41 @@ from explorer.steering import (
     SteeringError,
     generate_rows,
 )
-from pages import common
+from ui import completions, links
+from ui.features import feature_md, feature_name, label, max_act, md
+from ui.router import run_page
+from ui.workspace import current_workspace, ws_key
 
 PAGE = "steering"
 DEFAULT_PROMPT = "My favourite thing to do on a sunny day is"
 MAX_HISTORY = 50  # runs kept per session
 
 
-def add_item(feature: int, mode: str = "clamp", value: float | None = None, relative: bool | None = None) -> None:
-    """Add a feature to steer; seeds its widgets' state (callbacks run before widgets exist)."""
-    uid = st.session_state["steer_uid"] = st.session_state.get("steer_uid", 0) + 1
-    st.session_state.setdefault("steer_items", []).append({"uid": uid, "feature": int(feature)})
-    st.session_state[f"mode_{uid}"] = mode
-    st.session_state[f"rel_{uid}"] = True if relative is None else relative
-    if value is not None:
-        kind = "scale" if mode == "scale" else "rel" if relative else "abs"
-        st.session_state[f"val_{uid}_{kind}"] = float(value)
-
-
-def remove_item(uid: int) -> None:
-    st.session_state["steer_items"] = [i for i in st.session_state["steer_items"] if i["uid"] != uid]
+def steering_page() -> None:
+    st.title("Steering")
+    ws = current_workspace()
+    if ws is None:
+        return
+    state, fresh = links.link(PAGE, ws)
+    if fresh and (state.steer or state.prompt):
+        load_link(ws, state)
+    if ws.index is None:
+        st.caption("No index is loaded, so values are absolute activations (no '× max').")
+    ivs = editor(ws)
+    prompt, settings = settings_form()
+    links.write_link(PAGE, to_query(LinkState(prompt=prompt, steer=tuple(ivs), max_new_tokens=settings.max_new_tokens,
+                                               temperature=settings.temperature, top_p=settings.top_p,
+                                               seed=settings.seed, chat=settings.chat)))
+    compare(ws, prompt, ivs, settings)
+    sweep(ws, prompt, ivs, settings)
+    history_panel(ws)
 
 
 def load_link(ws, state: LinkState) -> None:
+    """A new deep link replaces the features to steer and the settings."""
     st.session_state["steer_items"] = []
     for iv in state.steer:
-        if iv.relative and common.max_act(ws, iv.feature) is None:
+        if iv.relative and max_act(ws, iv.feature) is None:
             st.error(f"Problem in the link: '{iv.describe()}' needs the feature's max activation, which is unknown "
                      "(no index is loaded, or the feature never fired in it). "
                      f"Using the absolute value {iv.value:g} instead: adjust it below.")
@@ -50,17 +59,29 @@ def load_link(ws, state: LinkState) -> None:
                             steer_chat=state.chat)
 
 
-def slider(label: str, kind: str, key: str, default: float, step: float, **kw):
-    st.session_state.setdefault(key, default)  # widget state is dropped while a widget is hidden
-    low, high = VALUE_RANGES[kind]
-    return st.slider(label, low, high, key=key, step=step, persist_state="session", **kw)
+def editor(ws) -> list[Intervention]:
+    st.subheader("Features to steer")
+    ivs = [item_row(ws, item) for item in st.session_state.setdefault("steer_items", [])]
+    if not ivs:
+        st.info("No feature yet: add one below, or open this page from a token or a feature card.")
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        new = st.number_input("Feature id", 0, ws.sae.cfg.d_sae - 1, key="steer_new_feature", persist_state="session",
+                              step=1, width=180)
+        known = max_act(ws, new) is not None
+        st.button("Add feature", on_click=add_item, args=(new, "clamp", 4.0 if known else 10.0, known), icon=":material/add:")
+        if ws.index is not None:
+            query = st.text_input("…or search labels", key="steer_search", width=260)
+            for f in ws.index.search(query.strip(), by="label", limit=6) if query.strip() else []:
+                st.button(f"Add {feature_md(ws, f)}", key=f"steer_hit_{f}", on_click=add_item,
+                          args=(f, "clamp", 4.0, True))
+    return ivs
 
 
 def item_row(ws, item) -> Intervention:
     uid, feature = item["uid"], item["feature"]
-    known = common.max_act(ws, feature)
+    known = max_act(ws, feature)
     with st.container(horizontal=True, vertical_alignment="bottom", key=f"steer_row_{uid}"):
-        st.markdown(f"**{common.feature_md(ws, feature)}**", width=220)
+        st.markdown(f"**{feature_md(ws, feature)}**", width=220)
         mode = st.selectbox("Mode", MODES, key=f"mode_{uid}", persist_state="session", width=120)
         relative = False
         if mode == "ablate":
@@ -82,22 +103,25 @@ def item_row(ws, item) -> Intervention:
     return Intervention(feature, mode, float(value), relative)
 
 
-def editor(ws) -> list[Intervention]:
-    st.subheader("Features to steer")
-    ivs = [item_row(ws, item) for item in st.session_state.setdefault("steer_items", [])]
-    if not ivs:
-        st.info("No feature yet: add one below, or open this page from a token or a feature card.")
-    with st.container(horizontal=True, vertical_alignment="bottom"):
-        new = st.number_input("Feature id", 0, ws.sae.cfg.d_sae - 1, key="steer_new_feature", persist_state="session",
-                              step=1, width=180)
-        known = common.max_act(ws, new) is not None
-        st.button("Add feature", on_click=add_item, args=(new, "clamp", 4.0 if known else 10.0, known), icon=":material/add:")
-        if ws.index is not None:
-            query = st.text_input("…or search labels", key="steer_search", width=260)
-            for f in ws.index.search(query.strip(), by="label", limit=6) if query.strip() else []:
-                st.button(f"Add {common.feature_md(ws, f)}", key=f"steer_hit_{f}", on_click=add_item,
-                          args=(f, "clamp", 4.0, True))
-    return ivs
+def slider(title: str, kind: str, key: str, default: float, step: float, **kw):
+    st.session_state.setdefault(key, default)  # widget state is dropped while a widget is hidden
+    low, high = VALUE_RANGES[kind]
+    return st.slider(title, low, high, key=key, step=step, persist_state="session", **kw)
+
+
+def add_item(feature: int, mode: str = "clamp", value: float | None = None, relative: bool | None = None) -> None:
+    """Add a feature to steer; seeds its widgets' state (callbacks run before widgets exist)."""
+    uid = st.session_state["steer_uid"] = st.session_state.get("steer_uid", 0) + 1
+    st.session_state.setdefault("steer_items", []).append({"uid": uid, "feature": int(feature)})
+    st.session_state[f"mode_{uid}"] = mode
+    st.session_state[f"rel_{uid}"] = True if relative is None else relative
+    if value is not None:
+        kind = "scale" if mode == "scale" else "rel" if relative else "abs"
+        st.session_state[f"val_{uid}_{kind}"] = float(value)
+
+
+def remove_item(uid: int) -> None:
+    st.session_state["steer_items"] = [i for i in st.session_state["steer_items"] if i["uid"] != uid]
 
 
 def settings_form() -> tuple[str, GenerationSettings]:
@@ -123,26 +147,26 @@ def compare(ws, prompt: str, ivs, settings) -> None:
     clicked = st.button("Generate", type="primary", key="generate", icon=":material/play_arrow:")
     left, right = st.columns(2)
     left.markdown("**Unclamped**")
-    right.markdown("**Steered:** " + common.md(", ".join(iv.describe() for iv in ivs) or "nothing"))
+    right.markdown("**Steered:** " + md(", ".join(iv.describe() for iv in ivs) or "nothing"))
     boxes = (left.container(key="clean_out").empty(), right.container(key="steered_out").empty())
     if clicked and not ivs:
         st.error("No feature is steered. Fix: add at least one feature above.")
     elif clicked:
         try:
-            clean = common.earlier_clean(ws, history, prompt, settings)
+            clean = completions.earlier_clean(ws, history, prompt, settings)
             boxes[1 if clean else 0].caption("waiting for the model…")
-            result = common.stream_pair(ws, prompt, ivs, settings, boxes, clean)
+            result = completions.stream_pair(ws, prompt, ivs, settings, boxes, clean)
         except (SteeringError, PromptError) as err:
             st.error(str(err))
             return
         n = history[0]["n"] + 1 if history else 1
-        history.insert(0, {"n": n, "ws": common.ws_key(ws), "result": result, "labels": {iv.feature: common.label(ws, iv.feature) for iv in ivs}})
+        history.insert(0, {"n": n, "ws": ws_key(ws), "result": result, "labels": {iv.feature: label(ws, iv.feature) for iv in ivs}})
         del history[MAX_HISTORY:]
     if history:
         last = history[0]["result"]
         boxes[0].text(last.clean.text)
         boxes[1].text(last.steered.text)
-        common.result_diff(ws, last)
+        completions.result_diff(ws, last)
 
 
 def sweep(ws, prompt: str, ivs, settings) -> None:
@@ -150,8 +174,8 @@ def sweep(ws, prompt: str, ivs, settings) -> None:
     if not ivs:
         st.caption("Add a feature to sweep its strength.")
         return
-    feature = st.selectbox("Feature", [iv.feature for iv in ivs], key="sweep_feature", persist_state="session", format_func=lambda f: common.feature_name(ws, f))
-    relative = common.max_act(ws, feature) is not None
+    feature = st.selectbox("Feature", [iv.feature for iv in ivs], key="sweep_feature", persist_state="session", format_func=lambda f: feature_name(ws, f))
+    relative = max_act(ws, feature) is not None
     unit = "× max activation" if relative else "activation units"
     text = st.text_input(f"Clamp values ({unit}), comma-separated", "-4, -2, 0, 2, 4, 8" if relative else "-100, -10, 0, 10, 100",
                          key="sweep_values", persist_state="session")
@@ -174,16 +198,22 @@ def sweep(ws, prompt: str, ivs, settings) -> None:
     for start in range(0, len(st.session_state.get("sweep", [])), 3):
         for col, (name, text) in zip(st.columns(3), st.session_state["sweep"][start:start + 3]):
             with col.container(border=True):
-                st.caption(common.md(name))
+                st.caption(md(name))
                 st.text(text)
 
 
-def run_json(run) -> bytes:
-    return export.dumps(export.steering_to_json(run["result"], labels=run["labels"])).encode()
-
-
-def run_markdown(run) -> bytes:
-    return export.steering_to_markdown(run["result"], labels=run["labels"]).encode()
+def history_panel(ws) -> None:
+    history = st.session_state.get("steer_history", [])
+    if not history:
+        return
+    st.subheader("Runs this session")
+    for run in history:
+        result = run["result"]
+        title = f"Run {run['n']}: " + ", ".join(iv.describe() for iv in result.interventions)
+        with st.expander(md(title), expanded=False):
+            st.text(f"Prompt: {result.prompt}")
+            completions.result_diff(ws, result)
+            run_downloads(run)
 
 
 @st.fragment
@@ -197,38 +227,12 @@ def run_downloads(run) -> None:
                            mime="text/markdown", key=f"run_md_{n}", on_click="ignore")
 
 
-def history_panel(ws) -> None:
-    history = st.session_state.get("steer_history", [])
-    if not history:
-        return
-    st.subheader("Runs this session")
-    for run in history:
-        result = run["result"]
-        title = f"Run {run['n']}: " + ", ".join(iv.describe() for iv in result.interventions)
-        with st.expander(common.md(title), expanded=False):
-            st.text(f"Prompt: {result.prompt}")
-            common.result_diff(ws, result)
-            run_downloads(run)
+def run_json(run) -> bytes:
+    return export.dumps(export.steering_to_json(run["result"], labels=run["labels"])).encode()
 
 
-def steering_page() -> None:
-    st.title("Steering")
-    ws = common.current_workspace()
-    if ws is None:
-        return
-    state, fresh = common.link(PAGE, ws)
-    if fresh and (state.steer or state.prompt):
-        load_link(ws, state)
-    if ws.index is None:
-        st.caption("No index is loaded, so values are absolute activations (no '× max').")
-    ivs = editor(ws)
-    prompt, settings = settings_form()
-    common.write_link(PAGE, to_query(LinkState(prompt=prompt, steer=tuple(ivs), max_new_tokens=settings.max_new_tokens,
-                                               temperature=settings.temperature, top_p=settings.top_p,
-                                               seed=settings.seed, chat=settings.chat)))
-    compare(ws, prompt, ivs, settings)
-    sweep(ws, prompt, ivs, settings)
-    history_panel(ws)
+def run_markdown(run) -> bytes:
+    return export.steering_to_markdown(run["result"], labels=run["labels"]).encode()
 
 
-common.run_page(steering_page)
+run_page(steering_page)

@@ -67,7 +67,7 @@ def test_pages_render(page, title):
 @pytest.fixture(scope="module")
 def ws():
     """The workspace the app loads (the same cached object, in this process)."""
-    from pages.common import Choice, get_workspace
+    from ui.workspace import Choice, get_workspace
 
     c = Choice.from_env()
     return get_workspace(c.model, c.sae, c.index)
@@ -169,7 +169,7 @@ def test_steering_reuses_the_clean_row_while_prompt_and_settings_stay(monkeypatc
         return real(lm, sae, prompt, rows, *args)
 
     at = app("pages/steering.py", steer="7:add:5000", prompt="Once upon a time", max_new_tokens="5")
-    monkeypatch.setattr("pages.common.stream_rows", counting)
+    monkeypatch.setattr("ui.completions.stream_rows", counting)
     at.button(key="generate").click().run()
     at.number_input(key="val_1_abs").set_value(-3000.0)
     at.button(key="generate").click().run()

@@ -1,0 +1,66 @@
+"""Clean and steered completions streamed into the page as they grow, and their diff."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import streamlit as st
+
+from explorer import render
+from explorer.steering import SteeringResult, completion, first_difference, stream_rows
+from explorer.tokens import token_strings
+from explorer.workspace import Workspace
+from ui.workspace import ws_key
+
+# Streamed completions are redrawn at most this often: every redraw is a message
+# the browser renders on the same CPU that generates.
+STREAM_EVERY_S = 0.25
+
+
+def show_rows(ws: Workspace, boxes, ids: list[list[int]]) -> None:
+    for box, row in zip(boxes, ids):
+        box.text(ws.lm.tokenizer.decode(row))
+
+
+def stream_pair(ws: Workspace, prompt: str, interventions, settings, boxes, clean=None) -> SteeringResult:
+    """Generate clean and steered completions as one batch, showing them in
+    `boxes` (two st.empty) as they grow. A `clean` completion from an earlier run
+    with the same prompt and settings is shown at once and only the steered row
+    is generated. The generator holds the model lock, so it is closed even when
+    a rerun interrupts the loop."""
+    ids: list[list[int]] = [list(clean.token_ids) if clean else [], []]
+    rows = [list(interventions)] if clean else [[], list(interventions)]
+    growing = ids[1:] if clean else ids
+    shown = 0.0
+    with contextlib.closing(stream_rows(ws.lm, ws.sae, prompt, rows, settings, ws.max_acts())) as steps:
+        for step in steps:
+            for row, token in zip(growing, step):
+                if token is not None:
+                    row.append(token)
+            if time.monotonic() - shown >= STREAM_EVERY_S:
+                show_rows(ws, boxes, ids)
+                shown = time.monotonic()
+    show_rows(ws, boxes, ids)
+    clean, steered = clean or completion(ws.lm, ids[0], settings), completion(ws.lm, ids[1], settings)
+    return SteeringResult(prompt, tuple(interventions), settings, clean, steered,
+                          first_difference(clean.token_ids, steered.token_ids))
+
+
+def earlier_clean(ws: Workspace, history: list[dict], prompt: str, settings):
+    """The unclamped completion of an earlier run of this workspace with the same prompt and settings."""
+    key = ws_key(ws)
+    for run in history:
+        r = run["result"]
+        if run["ws"] == key and r.prompt == prompt and r.settings == settings:
+            return r.clean
+    return None
+
+
+def display_tokens(ws: Workspace, ids: list[int]) -> list[str]:
+    return token_strings(ws.lm.tokenizer, ids)[1]
+
+
+def result_diff(ws: Workspace, result: SteeringResult) -> None:
+    st.html(render.diff_html(display_tokens(ws, result.clean.token_ids), display_tokens(ws, result.steered.token_ids),
+                             result.diverge_at))
