@@ -46,7 +46,7 @@ screenshots: demo-model chromium
 # Every step resumes where it stopped if interrupted.
 ART := artifacts
 demo-artifacts: demo-model
-	$(BIN)/explorer demo-corpus --out data/corpus
+	$(BIN)/python -m tools.demo_corpus --out data/corpus
 	$(BIN)/explorer windows data/corpus/corpus.jsonl --out $(ART)/windows.safetensors
 	$(BIN)/explorer train --windows $(ART)/windows.safetensors --max-windows 4000 --epochs 3 \
 		--out $(ART)/demo-sae --acts $(ART)/acts

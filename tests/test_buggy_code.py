@@ -1,4 +1,5 @@
-"""Tests for explorer.buggy_code: mutants are real programs whose tracebacks come from running them."""
+"""Tests for the demo corpus's buggy code (tools/demo_corpus: snippets, mutations, bug_runs):
+mutants are real programs whose tracebacks come from running them."""
 
 from __future__ import annotations
 
@@ -7,17 +8,9 @@ import random
 
 import pytest
 
-from explorer.buggy_code import (
-    OPERATORS,
-    BugRun,
-    Snippet,
-    balance,
-    format_bug_run,
-    generate_bug_runs,
-    hand_snippets,
-    mutants,
-    run_program,
-)
+from tools.demo_corpus.bug_runs import BugRun, balance, format_bug_run, generate_bug_runs, run_program
+from tools.demo_corpus.mutations import OPERATORS, mutants
+from tools.demo_corpus.snippets import Snippet, doctest_snippets, hand_snippets, stdlib_function_snippets
 
 PROGRAM = '''import json
 
@@ -85,8 +78,6 @@ def test_mutations_keep_comments_and_layout():
 
 
 def test_stdlib_snippets_are_found():
-    from explorer.buggy_code import doctest_snippets, stdlib_function_snippets
-
     modules = ("statistics", "difflib")
     names = [s.name for s in doctest_snippets(modules=modules) + stdlib_function_snippets(modules=modules)]
     assert any(n.startswith("stddoc/statistics.") for n in names)

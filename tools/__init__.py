@@ -1,0 +1,1 @@
+"""Scripts that build the demo data. Not part of the installed `explorer` package."""
