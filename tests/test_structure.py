@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ["app.py", "explorer", "ui", "pages"]
+SOURCES = ["app.py", "explorer", "ui", "pages", "tools"]
 
 
 def module_name(path: Path) -> str:

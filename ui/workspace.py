@@ -7,14 +7,13 @@ Every forward pass goes through `explorer`, whose functions take the model's loc
 from __future__ import annotations
 
 import gc
-import os
 from dataclasses import dataclass
 
 import streamlit as st
 
+from explorer.settings import env_settings
 from explorer.workspace import Workspace, open_workspace
 
-ENV = {"model": "EXPLORER_MODEL", "sae": "EXPLORER_SAE", "index": "EXPLORER_INDEX"}
 NO_INDEX = ("No feature index is loaded, so there are no feature cards, labels, search or 'x max' values. "
             "Fix: build one with `explorer index` and choose its folder in the sidebar.")
 UNTRAINED = ("UNTRAINED SAE: random weights, so its features mean nothing. "
@@ -31,7 +30,8 @@ class Choice:
 
     @classmethod
     def from_env(cls) -> Choice:
-        return cls(os.environ.get(ENV["model"]) or "demo", os.environ.get(ENV["sae"], ""), os.environ.get(ENV["index"], ""))
+        env = env_settings()
+        return cls(env.model, env.sae or "", env.index or "")
 
 
 @st.cache_resource(show_spinner="Loading model, SAE and index…", max_entries=2)
