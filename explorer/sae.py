@@ -23,11 +23,9 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import shutil
-import tempfile
 import zipfile
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +34,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from explorer.files import replacing, replacing_dir
 
 log = logging.getLogger(__name__)
 
@@ -550,28 +550,29 @@ def save_sae(sae: SAE, path: str | Path, sparsity: Tensor | None = None) -> None
     sparsity = sae.sparsity if sparsity is None else sparsity
     if sparsity is not None and tuple(sparsity.shape) != (cfg.d_sae,):
         raise SAEError(f"sparsity must have shape [{cfg.d_sae}], got {list(sparsity.shape)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        tensors = {name: p.detach().cpu().contiguous() for name, p in sae.named_parameters()}
-        save_file(tensors, tmp / WEIGHTS_FILENAME, metadata={"format": "pt"})
-        if sparsity is not None:
-            save_file({"sparsity": sparsity.detach().float().cpu().contiguous()}, tmp / SPARSITY_FILENAME)
-        (tmp / CFG_FILENAME).write_text(json.dumps(cfg.to_dict(), indent=2))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        if not path.exists():
-            try:
-                os.replace(tmp, path)
-                return
-            except OSError:  # another writer created it meanwhile: replace file by file
-                pass
-        for name in (WEIGHTS_FILENAME, SPARSITY_FILENAME, CFG_FILENAME):
-            if (tmp / name).exists():
-                os.replace(tmp / name, path / name)
-            elif (path / name).exists():
-                (path / name).unlink()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    tensors = {name: p.detach().cpu().contiguous() for name, p in sae.named_parameters()}
+    if sparsity is not None:
+        sparsity = sparsity.detach().float().cpu().contiguous()
+    names = [WEIGHTS_FILENAME] + ([SPARSITY_FILENAME] if sparsity is not None else []) + [CFG_FILENAME]
+    if not path.exists():
+        with replacing_dir(path) as tmp:
+            _write_sae_files({name: tmp / name for name in names}, tensors, sparsity, cfg)
+        return
+    with ExitStack() as stack:
+        # Contexts close last in, first out: entering cfg.json first replaces it last,
+        # and a failed write leaves every old file in place.
+        temps = {name: stack.enter_context(replacing(path / name)) for name in reversed(names)}
+        _write_sae_files(temps, tensors, sparsity, cfg)
+        if sparsity is None:  # removed before the new cfg.json appears, so it never pairs with it
+            (path / SPARSITY_FILENAME).unlink(missing_ok=True)
+
+
+def _write_sae_files(paths: dict[str, Path], tensors: dict[str, Tensor], sparsity: Tensor | None,
+                     cfg: SAEConfig) -> None:
+    save_file(tensors, paths[WEIGHTS_FILENAME], metadata={"format": "pt"})
+    if sparsity is not None:
+        save_file({"sparsity": sparsity}, paths[SPARSITY_FILENAME])
+    paths[CFG_FILENAME].write_text(json.dumps(cfg.to_dict(), indent=2))
 
 
 def load_gemma_scope_npz(path: str | Path, hook_name: str, d_sae: int | None = None, model_name: str = "") -> SAE:

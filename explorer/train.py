@@ -35,10 +35,8 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,7 +50,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from explorer.activation_cache import ActivationCache
-from explorer.files import write_json
+from explorer.files import remove_leftovers, replacing_dir, write_json
 from explorer.sae import SAE, SAEConfig, save_sae
 from explorer.settings import TrainConfig, TrainError
 
@@ -482,17 +480,12 @@ def save_checkpoint(folder: Path, cfg: TrainConfig, cache: ActivationCache, sae:
     meta = {"step": state.step, "scale": state.scale, "config": cfg.to_dict(), "cache": _cache_identity(cache),
             "running": state.running}
 
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step_{state.step:09d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
-    try:
+    remove_leftovers(final)  # of a run killed while saving this step; one trainer owns the folder
+    # A step saved again (a rerun after the end) replaces the old folder whole.
+    with replacing_dir(final) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / "state.safetensors")
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
-        if final.exists():  # the same step saved again (a rerun after the end)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     older = sorted((p for p in folder.iterdir() if re.fullmatch(r"step_\d+", p.name)), key=lambda p: int(p.name[5:]))
     for stale in older[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
