@@ -107,10 +107,11 @@ def replacing_dir(path: str | os.PathLike) -> Iterator[Path]:
 def _set_modes(folder: Path) -> None:
     os.chmod(folder, DIR_MODE)
     for root, dirs, files in os.walk(folder):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), DIR_MODE)
-        for name in files:
-            os.chmod(os.path.join(root, name), FILE_MODE)
+        for names, mode in ((dirs, DIR_MODE), (files, FILE_MODE)):
+            for name in names:
+                p = os.path.join(root, name)
+                if not os.path.islink(p):  # chmod follows links, possibly out of the folder
+                    os.chmod(p, mode)
 
 
 def remove_leftovers(path: str | os.PathLike) -> list[Path]:

@@ -214,3 +214,14 @@ def test_cache_checkpoints_and_trained_sae_follow_the_rule(tmp_path, strict_umas
     _assert_rule(tmp_path / "runs")
     checkpoints = tmp_path / "runs" / "sae" / "checkpoint"
     assert all(name.startswith("step_") for name in _entries(checkpoints))  # no temp folder left
+
+
+def test_replacing_dir_leaves_links_and_their_targets_alone(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("x")
+    outside.chmod(0o600)
+    with replacing_dir(tmp_path / "out") as tmp:
+        (tmp / "link").symlink_to(outside)
+        (tmp / "broken").symlink_to(tmp_path / "missing")
+    assert (outside.stat().st_mode & 0o777) == 0o600
+    assert (tmp_path / "out" / "broken").is_symlink()
