@@ -182,7 +182,7 @@ def cmd_index(args) -> None:
 
 def cmd_export(args) -> None:
     from explorer import export
-    from explorer.files import write_atomic
+    from explorer.files import make_dirs, write_atomic
 
     ws = workspace(args)
     if ws.index is None:
@@ -194,7 +194,7 @@ def cmd_export(args) -> None:
         write_atomic(out, export.cards_to_zip(cards, formats=tuple(args.format), **meta))
         print(out)
         return
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     for card in cards:
         for fmt in args.format:
             path = out / export.card_filename(card.feature, fmt)

@@ -63,7 +63,7 @@ def read_documents(path: str | Path, text_field: str = "text") -> Iterator[Docum
     path = Path(path)
     if not path.exists():
         raise CorpusError(f"Corpus path {str(path)!r} does not exist. Check the spelling, or build "
-                          f"the demo corpus with `explorer demo-corpus --out data/corpus`.")
+                          f"the demo corpus with `python -m tools.demo_corpus --out data/corpus` (from a source checkout).")
     if path.is_file() and _kind(path) is None:
         raise CorpusError(f"Cannot read {str(path)!r}: unknown extension {path.suffix!r}. Supported: "
                           f"{', '.join(sorted(TEXT_SUFFIXES | TABLE_SUFFIXES))}, a folder, or a "
