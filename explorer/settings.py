@@ -28,6 +28,9 @@ SAE_ENV = "EXPLORER_SAE"
 INDEX_ENV = "EXPLORER_INDEX"
 CACHE_ENV = "EXPLORER_CACHE"
 THREADS_ENV = "EXPLORER_THREADS"
+ROOTS_ENV = "EXPLORER_ROOTS"
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent  # the checkout: app.py, data/, explorer/
 
 
 class SettingsError(ValueError):
@@ -49,18 +52,25 @@ class EnvSettings:
     else ~/.cache/sae-explorer."""
     threads: int | None
     """EXPLORER_THREADS: torch threads; None leaves torch's default (one per core)."""
+    roots: tuple[Path, ...]
+    """EXPLORER_ROOTS: the only folders under which the app's load form opens a model, SAE or
+    index (several separated by os.pathsep, ':' on Linux). Default: the project's data/ folder,
+    the model cache and the working directory (unless that is the filesystem root, a service's
+    usual one). Resolved: symlinks and '..' followed. The command line opens any path."""
 
 
 def env_settings() -> EnvSettings:
     """Read the EXPLORER_* variables now: tests and the app may change them between calls."""
-    env = {name: os.environ.get(name, "") for name in (MODEL_ENV, SAE_ENV, INDEX_ENV, CACHE_ENV, THREADS_ENV)}
+    env = {name: os.environ.get(name, "") for name in (MODEL_ENV, SAE_ENV, INDEX_ENV, CACHE_ENV, THREADS_ENV, ROOTS_ENV)}
     xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    cache = Path(env[CACHE_ENV]).expanduser() if env[CACHE_ENV] else Path(xdg) / "sae-explorer"
     return EnvSettings(
         model=env[MODEL_ENV] or DEMO_MODEL,
         sae=env[SAE_ENV] or None,
         index=env[INDEX_ENV] or None,
-        cache=Path(env[CACHE_ENV]).expanduser() if env[CACHE_ENV] else Path(xdg) / "sae-explorer",
+        cache=cache,
         threads=_threads(env[THREADS_ENV]),
+        roots=_roots(env[ROOTS_ENV], cache),
     )
 
 
@@ -75,6 +85,19 @@ def _threads(value: str) -> int | None:
         raise SettingsError(f"{THREADS_ENV}={value!r} is not a positive whole number. "
                             f"Fix: set it to a thread count, e.g. {THREADS_ENV}=1, or unset it")
     return threads
+
+
+def _roots(value: str, cache: Path) -> tuple[Path, ...]:
+    folders = [Path(p) for p in value.split(os.pathsep) if p.strip()]
+    try:
+        if not folders:
+            cwd = Path.cwd()
+            folders = [PROJECT_DIR / "data", cache] + ([cwd] if cwd != Path(cwd.anchor) else [])
+        resolved = [p.expanduser().resolve() for p in folders]
+    except (OSError, RuntimeError, ValueError) as err:  # a symlink loop, a NUL byte, a deleted working directory
+        raise SettingsError(f"{ROOTS_ENV}={value!r} holds a folder that cannot be resolved ({err}). "
+                            f"Fix: list existing folders separated by {os.pathsep!r}, or unset it") from None
+    return tuple(dict.fromkeys(resolved))  # in order, without repeats
 
 
 class TrainError(ValueError):

@@ -1,14 +1,16 @@
 """The EXPLORER_* environment, read in one place (explorer/settings.py), and its users."""
 
+import os
 import types
+from pathlib import Path
 
 import pytest
 
 from explorer import cli
 from explorer.model import cache_dir
-from explorer.settings import SettingsError, env_settings
+from explorer.settings import PROJECT_DIR, SettingsError, env_settings
 
-VARIABLES = ("EXPLORER_MODEL", "EXPLORER_SAE", "EXPLORER_INDEX", "EXPLORER_CACHE", "EXPLORER_THREADS")
+VARIABLES = ("EXPLORER_MODEL", "EXPLORER_SAE", "EXPLORER_INDEX", "EXPLORER_CACHE", "EXPLORER_THREADS", "EXPLORER_ROOTS")
 
 
 @pytest.fixture
@@ -79,3 +81,17 @@ def test_cli_flags_beat_the_environment_which_beats_the_defaults(env, monkeypatc
     assert opened == [("demo", None, None), ("env-model", "env-sae", "env-index"), ("m", "s", "i"),
                       ("env-model", "env-sae", None)]
 
+
+
+def test_roots_default_to_data_the_cache_and_the_working_directory(env, tmp_path):
+    env.chdir(tmp_path)
+    assert env_settings().roots == ((PROJECT_DIR / "data").resolve(), tmp_path / ".cache" / "sae-explorer", tmp_path)
+    env.chdir("/")  # a service's usual working directory would open the whole disk
+    assert Path("/") not in env_settings().roots
+
+
+def test_roots_from_the_variable_are_resolved(env, tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    env.setenv("EXPLORER_ROOTS", os.pathsep.join(["~/saes", str(tmp_path / "link"), "", str(tmp_path / "x" / "..")]))
+    assert env_settings().roots == (tmp_path / "saes", tmp_path / "real", tmp_path)
