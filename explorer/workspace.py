@@ -3,20 +3,23 @@ feature index, loaded together and checked against each other.
 
 The command line and the app both open one; the app keeps a single workspace
 per process and shares it between browser sessions (the model's lock guards
-forward passes).
+forward passes). The app opens only paths under the configured roots
+(`check_inside_roots`, EXPLORER_ROOTS); the command line opens any path.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from explorer.hooks import parse_hook
 from explorer.model import DEMO_MODEL, LoadedModel, load_model
 from explorer.sae import SAE, check_compatible, load_gemma_scope_npz, load_sae, random_sae, sae_fingerprint
-from explorer.settings import DEMO_HOOK
+from explorer.settings import DEMO_HOOK, PROJECT_DIR, ROOTS_ENV
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = PROJECT_DIR / "data"
 DEMO_SAE = DATA_DIR / "demo" / "sae"
 DEMO_INDEX = DATA_DIR / "demo" / "index"
 RANDOM_SAE = "random"  # an untrained SAE of the right shape, for trying the tool without one
@@ -53,6 +56,26 @@ class Workspace:
         index = "no index" if self.index is None else f"index of {self.index.manifest.n_tokens:,} tokens"
         return (f"{self.lm.name} on {self.lm.device} ({str(self.lm.dtype).removeprefix('torch.')}), "
                 f"{self.hook_name}, {trained} (d_sae {self.sae.cfg.d_sae}), {index}")
+
+
+def check_inside_roots(what: str, value: str, roots: Sequence[Path]) -> Path:
+    """`value` as a resolved path (symlinks and '..' followed) when it lies under one
+    of `roots`; else a WorkspaceError that names the roots and EXPLORER_ROOTS.
+
+    The app's load form is open to whoever reaches the page, and a folder that
+    fails to load is described in the error (its contents, the SAE folders below
+    it): so the app opens nothing outside the roots."""
+    shown = ", ".join(str(r) for r in roots) or "none"
+    fix = (f"Fix: use a path under {shown}, or start the app with {ROOTS_ENV} naming the folder "
+           f"(several separated by {os.pathsep!r}).")
+    try:
+        path = Path(value).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError) as err:  # a symlink loop, a NUL byte
+        raise WorkspaceError(f"{what} path {value!r} cannot be resolved ({err}). {fix}") from None
+    if not any(path == root or root in path.parents for root in roots):
+        raise WorkspaceError(f"{what} path {value!r} is outside the folders this app opens models, SAEs "
+                             f"and indexes from. {fix}")
+    return path
 
 
 def open_sae(lm: LoadedModel, sae: str | None, hook: str | None = None, d_sae: int | None = None, seed: int = 0) -> tuple[SAE, str, str]:
