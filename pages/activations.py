@@ -3,9 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from explorer.activations import MAX_PROMPT_TOKENS, PromptError
+from explorer.activations import MAX_PROMPT_TOKENS
 from explorer.links import MAX_PROMPT_CHARS
 from ui import cache, charts, links
+from ui.errors import shown_as_message
 from ui.features import feature_name, label, max_act
 from ui.router import PAGES, run_page
 from ui.workspace import current_workspace
@@ -56,10 +57,9 @@ def prompt_form(ws) -> None:
 
 def analyse(ws, run: tuple[str, bool]):
     """The prompt's activations, or None after showing why there are none."""
-    try:
+    with shown_as_message("analyse the prompt") as outcome:
         acts = cache.activations(ws, *run)
-    except PromptError as err:
-        st.error(str(err))
+    if outcome.failed:
         return None
     if acts.truncated_from:
         st.warning(f"The prompt has {acts.truncated_from:,} tokens; only the first {MAX_PROMPT_TOKENS} were analysed.")

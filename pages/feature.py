@@ -13,6 +13,7 @@ import streamlit as st
 from explorer import render
 from explorer.export import FORMATS, card_filename
 from ui import cache, links
+from ui.errors import shown_as_message
 from ui.features import feature_md, feature_name, label
 from ui.router import PAGES, run_page
 from ui.workspace import NO_INDEX, current_workspace
@@ -60,9 +61,11 @@ def label_editor(ws, card) -> None:
     with box, st.form(f"label_form_{card.feature}", border=False):
         text = st.text_input("Label", card.label, placeholder=card.auto_label or "describe this feature")
         if st.form_submit_button("Save label"):
-            cache.set_label(ws, card.feature, text.strip())
-            st.toast(f"Saved the label of #{card.feature}")
-            st.rerun()
+            with shown_as_message(f"save the label of #{card.feature}") as outcome:
+                cache.set_label(ws, card.feature, text.strip())
+            if not outcome.failed:
+                st.toast(f"Saved the label of #{card.feature}")
+                st.rerun()
 
 
 def search_hits(ws) -> None:
@@ -71,7 +74,10 @@ def search_hits(ws) -> None:
                                "logit_token": "promoted tokens (logits)"}.get)
     query = st.text_input("Search", key="search_query", persist_state="session", placeholder="e.g. French, ␣the, code")
     if query.strip():
-        hits = ws.index.search(query.strip(), by=by, limit=20)
+        with shown_as_message("search the features") as outcome:
+            hits = ws.index.search(query.strip(), by=by, limit=20)
+        if outcome.failed:
+            return
         if not hits:
             st.info("No feature matches.")
         with st.container(horizontal=True):
@@ -166,13 +172,19 @@ def browse(ws) -> None:
     """The picker and the card. A fragment: moving to another card reruns and
     redraws only this part of the page, not the sidebar and title."""
     st.session_state.setdefault("feature_id", 0)
+    feature = int(st.session_state["feature_id"])
     # The card and its markup are made before the first element is drawn, so
     # the browser receives the new card in one burst and renders it once.
-    card = cache.card(ws, int(st.session_state["feature_id"]))
-    html = card_html(ws, card)
-    picker(ws, card)
-    show_card(ws, card, html)
-    export_panel(ws, card.feature)
+    with shown_as_message(f"open the card of #{feature}") as outcome:
+        card = cache.card(ws, feature)
+        html = card_html(ws, card)
+    if outcome.failed:  # the id box stays, to move on to another feature
+        st.number_input("Feature id", 0, ws.sae.cfg.d_sae - 1, key="feature_id", persist_state="session", step=1, width=180)
+        return
+    with shown_as_message(f"show the card of #{feature}"):  # a fragment's rerun is outside the page's net
+        picker(ws, card)
+        show_card(ws, card, html)
+        export_panel(ws, card.feature)
 
 
 run_page(feature_page)

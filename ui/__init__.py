@@ -7,6 +7,7 @@
 - `links`: deep links (the URL's query parameters) and links to feature cards.
 - `charts`: highlighted tokens, the heatmap and the error chart.
 - `completions`: clean and steered completions streamed into the page, and their diff.
+- `errors`: a failing library call shown as one line with its details, never a traceback.
 
 Only this folder and pages/ import streamlit; `explorer` never does.
 """

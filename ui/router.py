@@ -16,6 +16,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from ui.errors import shown_as_message
 from ui.workspace import sidebar
 
 ROOT = Path(__file__).parent.parent  # app.py's folder
@@ -33,7 +34,8 @@ def run() -> None:
         st.Page(ROOT / PAGES["feature"], title="Feature card", icon=":material/style:", url_path="feature"),
         st.Page(ROOT / PAGES["steering"], title="Steering", icon=":material/tune:", url_path="steering"),
     ])
-    sidebar()
+    with st.sidebar, shown_as_message("draw the sidebar"):
+        sidebar()
     with _routing():
         page.run()
 
@@ -54,6 +56,7 @@ def run_page(page: Callable[[], None]) -> None:
     When Streamlit ran the page file alone (legacy multipage mode, see above),
     the router runs instead, and it runs this page."""
     if getattr(_router, "active", False):
-        page()
+        with shown_as_message("draw this page"):  # the last net: pages catch their own errors first
+            page()
     else:
         run()
