@@ -2,6 +2,8 @@
 that shows what is loaded and loads something else.
 
 Every forward pass goes through `explorer`, whose functions take the model's lock.
+The load form opens only paths under the configured roots (EXPLORER_ROOTS): it is
+open to whoever reaches the page.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from explorer.settings import env_settings
-from explorer.workspace import Workspace, open_workspace
+from explorer.export import md_escape as md
+from explorer.model import DEMO_NAME
+from explorer.settings import DEMO_MODEL, ROOTS_ENV, SettingsError, env_settings
+from explorer.workspace import RANDOM_SAE, Workspace, WorkspaceError, check_inside_roots, open_workspace
 
 NO_INDEX = ("No feature index is loaded, so there are no feature cards, labels, search or 'x max' values. "
             "Fix: build one with `explorer index` and choose its folder in the sidebar.")
@@ -47,7 +51,11 @@ def get_workspace(model: str, sae: str, index: str) -> Workspace:
 
 
 def choice() -> Choice:
-    return st.session_state.setdefault("ws_choice", Choice.from_env())
+    """The session's choice; the environment's until the load form changes it.
+    Raises SettingsError when an EXPLORER_* variable is bad."""
+    if "ws_choice" not in st.session_state:
+        st.session_state["ws_choice"] = Choice.from_env()
+    return st.session_state["ws_choice"]
 
 
 def load(c: Choice) -> tuple[Workspace | None, str | None]:
@@ -58,9 +66,31 @@ def load(c: Choice) -> tuple[Workspace | None, str | None]:
         return None, f"Could not load model {c.model!r}, SAE {c.sae or 'default'!r}, index {c.index or 'default'!r}: {err}"
 
 
+def loaded() -> tuple[Workspace | None, str | None]:
+    """The session's workspace, or the reason there is none (a bad EXPLORER_* variable too)."""
+    try:
+        c = choice()
+    except SettingsError as err:
+        return None, f"The app's settings are not usable: {err}"
+    return load(c)
+
+
+def check_paths(new: Choice) -> None:
+    """Refuse (WorkspaceError) a path typed in the load form that lies outside the
+    roots (EXPLORER_ROOTS). The environment's own choices are the operator's, so
+    they stay allowed; 'demo', 'random' and empty (the default) name no path."""
+    env, roots = Choice.from_env(), env_settings().roots
+    if new.model not in (env.model, DEMO_MODEL, DEMO_NAME):
+        check_inside_roots("Model", new.model, roots)
+    if new.sae not in (env.sae, "", RANDOM_SAE):
+        check_inside_roots("SAE", new.sae, roots)
+    if new.index not in (env.index, ""):
+        check_inside_roots("Index", new.index, roots)
+
+
 def current_workspace() -> Workspace | None:
     """The session's workspace; on failure the page shows why and gets None."""
-    ws, _ = load(choice())
+    ws, _ = loaded()
     if ws is None:
         st.error("Nothing is loaded: the sidebar says why. Fix the model, SAE or index there.")
     return ws
@@ -76,9 +106,9 @@ def sidebar() -> None:
     """Shown on every page: what is loaded, and a form to load something else."""
     with st.sidebar:
         st.subheader("Workspace")
-        ws, error = load(choice())
+        ws, error = loaded()
         if ws is None:
-            st.error(error)
+            st.error(md(error))
         else:
             st.markdown(f"**Model** `{ws.lm.name}`  \n**Device** `{ws.lm.device}` ({str(ws.lm.dtype).removeprefix('torch.')})  \n"
                         f"**Hook** `{ws.hook_name}`  \n**SAE** `{ws.sae_source}` ({ws.sae.cfg.d_sae:,} features)")
@@ -92,16 +122,33 @@ def sidebar() -> None:
         other = st.expander("Load another model, SAE or index", expanded=ws is None, key="ws_open", on_change="rerun")
         if other.open:
             with other, st.form("ws_form", border=False):
-                c = choice()
+                c = st.session_state.get("ws_choice", Choice())
                 model = st.text_input("Model (local folder, .gguf or 'demo')", c.model)
                 sae = st.text_input("SAE folder (empty: the default; 'random': untrained)", c.sae)
                 index = st.text_input("Index folder (empty: the default)", c.index)
+                st.caption(roots_note())
                 if st.form_submit_button("Load"):
-                    new = Choice(model.strip() or "demo", sae.strip(), index.strip())
-                    _, error = load(new)
-                    st.session_state["ws_error"] = error
-                    if not error:
-                        st.session_state["ws_choice"] = new
-                        st.rerun()
+                    submit(Choice(model.strip() or "demo", sae.strip(), index.strip()))
         if st.session_state.get("ws_error"):
-            st.error(st.session_state["ws_error"])
+            st.error(md(st.session_state["ws_error"]))
+
+
+def roots_note() -> str:
+    try:
+        roots = env_settings().roots
+    except SettingsError:
+        return ""  # the error above says why
+    return md(f"Paths under {', '.join(str(r) for r in roots)} (set by {ROOTS_ENV}).")
+
+
+def submit(new: Choice) -> None:
+    """Load what the form names; on failure keep the loaded workspace and say why."""
+    try:
+        check_paths(new)
+        error = load(new)[1]
+    except (WorkspaceError, SettingsError) as err:
+        error = str(err)
+    st.session_state["ws_error"] = error
+    if not error:
+        st.session_state["ws_choice"] = new
+        st.rerun()
