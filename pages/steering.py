@@ -5,16 +5,10 @@ import functools
 import streamlit as st
 
 from explorer import export
-from explorer.activations import PromptError
 from explorer.links import LIMITS, VALUE_RANGES, LinkState, to_query
-from explorer.steering import (
-    MODES,
-    GenerationSettings,
-    Intervention,
-    SteeringError,
-    generate_rows,
-)
+from explorer.steering import MODES, GenerationSettings, Intervention, generate_rows
 from ui import completions, links
+from ui.errors import shown_as_message
 from ui.features import feature_md, feature_name, label, max_act, md
 from ui.router import run_page
 from ui.workspace import current_workspace, ws_key
@@ -145,6 +139,7 @@ def compare(ws, prompt: str, ivs, settings) -> None:
     """Side by side: streamed while generating, the last result otherwise."""
     history = st.session_state.setdefault("steer_history", [])
     clicked = st.button("Generate", type="primary", key="generate", icon=":material/play_arrow:")
+    notice = st.empty()  # a cut prompt, said before the completions stream in
     left, right = st.columns(2)
     left.markdown("**Unclamped**")
     right.markdown("**Steered:** " + md(", ".join(iv.describe() for iv in ivs) or "nothing"))
@@ -152,17 +147,20 @@ def compare(ws, prompt: str, ivs, settings) -> None:
     if clicked and not ivs:
         st.error("No feature is steered. Fix: add at least one feature above.")
     elif clicked:
-        try:
+        with shown_as_message("generate the completions") as outcome:
+            cut = completions.prompt_cut(ws, prompt, settings.chat)
+            completions.cut_notice(notice, cut)
             clean = completions.earlier_clean(ws, history, prompt, settings)
             boxes[1 if clean else 0].caption("waiting for the model…")
             result = completions.stream_pair(ws, prompt, ivs, settings, boxes, clean)
-        except (SteeringError, PromptError) as err:
-            st.error(str(err))
+        if outcome.failed:
             return
         n = history[0]["n"] + 1 if history else 1
-        history.insert(0, {"n": n, "ws": ws_key(ws), "result": result, "labels": {iv.feature: label(ws, iv.feature) for iv in ivs}})
+        history.insert(0, {"n": n, "ws": ws_key(ws), "result": result, "cut": cut,
+                           "labels": {iv.feature: label(ws, iv.feature) for iv in ivs}})
         del history[MAX_HISTORY:]
     if history:
+        completions.cut_notice(notice, history[0]["cut"])
         last = history[0]["result"]
         boxes[0].text(last.clean.text)
         boxes[1].text(last.steered.text)
@@ -179,27 +177,42 @@ def sweep(ws, prompt: str, ivs, settings) -> None:
     unit = "× max activation" if relative else "activation units"
     text = st.text_input(f"Clamp values ({unit}), comma-separated", "-4, -2, 0, 2, 4, 8" if relative else "-100, -10, 0, 10, 100",
                          key="sweep_values", persist_state="session")
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()][:12]
-    except ValueError:
-        st.error("Clamp values must be numbers separated by commas, e.g. -4, 0, 4.")
+    values = sweep_values(text, "relative" if relative else "absolute")
+    if values is None:
         return
     if st.button("Run sweep", key="run_sweep", icon=":material/grid_view:") and values:
         others = [iv for iv in ivs if iv.feature != feature]
         rows = [others] + [others + [Intervention(feature, "clamp", v, relative)] for v in values]
-        try:
+        with shown_as_message("run the sweep") as outcome:
+            cut = completions.prompt_cut(ws, prompt, settings.chat)
             with st.spinner(f"Generating {len(rows)} completions in one batch…"):
                 done = generate_rows(ws.lm, ws.sae, prompt, rows, settings, ws.max_acts())
-        except (SteeringError, PromptError) as err:
-            st.error(str(err))
+        if outcome.failed:
             return
         names = ["other features only" if others else "unsteered"] + [f"clamp #{feature} = {v:g}{'x' if relative else ''}" for v in values]
         st.session_state["sweep"] = list(zip(names, [c.text for c in done]))
+        st.session_state["sweep_cut"] = cut
+    if st.session_state.get("sweep"):
+        completions.cut_notice(st, st.session_state.get("sweep_cut"))
     for start in range(0, len(st.session_state.get("sweep", [])), 3):
         for col, (name, text) in zip(st.columns(3), st.session_state["sweep"][start:start + 3]):
             with col.container(border=True):
                 st.caption(md(name))
                 st.text(text)
+
+
+def sweep_values(text: str, kind: str) -> list[float] | None:
+    """The comma-separated clamp values (at most 12), or None after saying what is wrong:
+    the same range as the value boxes above."""
+    low, high = VALUE_RANGES[kind]
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()][:12]
+    except ValueError:
+        values = None
+    if values is None or not all(low <= v <= high for v in values):  # also refuses nan
+        st.error(f"Clamp values must be numbers from {low:g} to {high:g} separated by commas, e.g. -4, 0, 4.")
+        return None
+    return values
 
 
 def history_panel(ws) -> None:

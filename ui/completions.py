@@ -1,4 +1,5 @@
-"""Clean and steered completions streamed into the page as they grow, and their diff."""
+"""Clean and steered completions streamed into the page as they grow, their diff,
+and the notice when a prompt is longer than the model reads."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 import streamlit as st
 
 from explorer import render
+from explorer.activations import MAX_PROMPT_TOKENS, encode_prompt
 from explorer.steering import SteeringResult, completion, first_difference, stream_rows
 from explorer.tokens import token_strings
 from explorer.workspace import Workspace
@@ -64,3 +66,16 @@ def display_tokens(ws: Workspace, ids: list[int]) -> list[str]:
 def result_diff(ws: Workspace, result: SteeringResult) -> None:
     st.html(render.diff_html(display_tokens(ws, result.clean.token_ids), display_tokens(ws, result.steered.token_ids),
                              result.diverge_at))
+
+
+def prompt_cut(ws: Workspace, prompt: str, chat: bool) -> int | None:
+    """The prompt's token count when generation cuts it (explorer.steering reads the
+    first MAX_PROMPT_TOKENS, as encode_prompt does), else None."""
+    return encode_prompt(ws.lm, prompt, chat)[1]
+
+
+def cut_notice(box, truncated_from: int | None) -> None:
+    """Say in `box` (st itself, or an st.empty) that the prompt was cut, when it was."""
+    if truncated_from:
+        box.warning(f"The prompt has {truncated_from:,} tokens; only the first {MAX_PROMPT_TOKENS} were used.",
+                    icon=":material/content_cut:")
