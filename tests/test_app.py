@@ -187,12 +187,12 @@ def test_bad_model_path_is_an_inline_error():
     at = app()
     at.session_state["ws_open"] = True  # the "Load another model" expander
     at.run()
-    at.sidebar.text_input[0].input("/no/such/model")
+    at.sidebar.text_input[0].input("data/no/such/model")  # under the project's data/, one of the roots
     at.sidebar.button[0].click()
     at.run()
     no_exception(at)
     assert "Model path not found" in texts(at.sidebar.error)
-    assert at.session_state["ws_choice"].model != "/no/such/model"  # the working workspace stays loaded
+    assert at.session_state["ws_choice"].model != "data/no/such/model"  # the working workspace stays loaded
 
 
 def test_feature_card_from_link(ws):
