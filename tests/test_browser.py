@@ -47,14 +47,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(log: Path):
-    """`streamlit run app.py` on a free port until the block ends; yields its URL."""
+def running_app(log: Path, roots: str):
+    """`streamlit run app.py` on a free port until the block ends; yields its URL.
+    `roots`: EXPLORER_ROOTS, the folders its load form may open."""
     port = free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
            "--server.port", str(port), "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
     with open(log, "wb") as out:
         # One torch thread: the server shares 2 cores with chromium and this process.
-        env = {**os.environ, "EXPLORER_THREADS": os.environ.get("EXPLORER_THREADS", "1")}
+        env = {**os.environ, "EXPLORER_THREADS": os.environ.get("EXPLORER_THREADS", "1"), "EXPLORER_ROOTS": roots}
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -83,7 +84,9 @@ def running_app(log: Path):
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is not installed. Fix: apt-get install -y chromium (make test does it)"
-    with running_app(tmp_path_factory.mktemp("server") / "streamlit.log") as url:
+    # The tests load copies of the index from their tmp_path: the app opens only folders under its roots.
+    roots = os.pathsep.join([os.environ.get("EXPLORER_ROOTS") or str(ROOT), str(tmp_path_factory.getbasetemp())])
+    with running_app(tmp_path_factory.mktemp("server") / "streamlit.log", roots) as url:
         yield url
 
 
@@ -182,7 +185,7 @@ def load_index(tab: Tab, index: Path) -> None:
     tab.page.get_by_role("textbox", name="Index folder").fill(str(index))
     tab.page.get_by_role("button", name="Load", exact=True).click()
     tab.wait(FIRST_RUN_MS)  # a new workspace loads the model again
-    assert str(index) in tab.page.get_by_test_id("stSidebar").inner_text(), "the index copy did not load"
+    assert f"{index} (" in tab.page.get_by_test_id("stSidebar").inner_text(), "the index copy did not load"  # "Index <path> (N tokens)"
 
 
 def token_features(tab: Tab) -> list[tuple[int, float]]:
