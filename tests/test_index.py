@@ -189,6 +189,15 @@ def test_sparse_cooccurrence_path_gives_the_same_index(setup, tmp_path, monkeypa
                          sae_path_fingerprint="sae-abc", progress=False)
     for name in FILES:
         assert (sparse / name).read_bytes() == (path / name).read_bytes(), name
+    assert json.loads((sparse / "manifest.json").read_text())["settings"]["cooccurrence"] == "sparse"
+
+
+def test_index_folder_is_readable_by_everyone_and_leaves_no_temp_files(setup):
+    path = setup[3]
+    assert path.stat().st_mode & 0o777 == 0o755
+    assert {f.name: f.stat().st_mode & 0o777 for f in path.iterdir()} == \
+        {name: 0o644 for name in (*FILES, "manifest.json")}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["idx"]
 
 
 def test_resume_after_interruption_gives_identical_files(setup, tmp_path):

@@ -13,11 +13,10 @@ swapped in whole (explorer.files.replacing_dir).
 
 Per feature (a token fires a feature when its activation is > 0):
 - count, density = count / n_tokens, max, and sum (mean = sum / count);
-- a N_BINS-bin histogram of the nonzero activations over log-spaced edges fixed before the
-  pass: HIST_DECADES decades below `hi`, where `hi` is the first batch's largest activation
-  times 4 rounded up to a power of ten (or `hist_range`). The end bins are open (bin 0 also
-  holds values below edges[0], the last bin values above edges[-1]), so the counts sum to the
-  firing count;
+- an N_BINS-bin histogram of the nonzero activations over HIST_DECADES decades of log-spaced
+  edges, fixed before the pass (how: explorer.index.build) and kept in `hist_edges`. The end
+  bins are open (bin 0 also holds values below edges[0], the last bin values above
+  edges[-1]), so the counts sum to the firing count;
 - the exact top-N examples in the total order (activation desc, window asc, position asc);
 - N_QUANTILES quantile groups over (0, max] with up to SAMPLES_PER_BIN random examples each;
 - the N_COOCCURRING features it fires together with most, by Jaccard index

@@ -1,9 +1,10 @@
 """Reading an index: `FeatureIndex` and the `FeatureCard` it reads for one feature.
 
 `FeatureIndex.open(path, tokenizer)` checks the manifest and maps the three safetensors files
-(explorer.index.format); `.card(feature)` reads one feature's statistics and examples from
-them, touching only that feature's rows. Labels (`label`, `set_label`), `search` and
-`check_matches` (is this index for the loaded model and SAE?) read the same files.
+(explorer.index.format); `.card(feature)` reads that feature's rows from them (plus a few
+one-number-per-feature arrays, cached on first use). Labels (`label`, `set_label`), `search`
+and `check_matches` (is this index for the loaded model and SAE?) read the same files.
+`TokenText` caches token strings per id; the build uses it too, for the automatic labels.
 """
 
 from __future__ import annotations
