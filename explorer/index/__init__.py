@@ -11,7 +11,8 @@ Where things are:
 - build.py       build_index: the pass itself, checkpoints and resume;
 - finalise.py    PassState -> index folder: logit effects, neighbours, co-occurring
                  features, quantile groups, the example table, automatic labels;
-- reader.py      FeatureIndex and the cards it reads (FeatureCard, Example, QuantileBin).
+- reader.py      FeatureIndex and the cards it reads (FeatureCard, Example, QuantileBin);
+- user_labels.py labels_user.json: user labels keyed to their SAE, never overwritten when unreadable.
 """
 
 from explorer.index.build import build_index

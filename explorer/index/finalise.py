@@ -3,7 +3,8 @@
 `write_index(out, run, lm, sae, windows, manifest)` computes what the pass does not need to
 stream (logit effects and decoder neighbours from the weights; co-occurrence partners,
 quantile groups and the example table from the pass state), adds the automatic labels, and
-writes the files named in explorer.index.format into a folder swapped in whole.
+writes the files named in explorer.index.format into a folder swapped in whole, carrying the
+user labels over (explorer.index.user_labels).
 
 Quantile groups. SAEDashboard's groups are equal-width over (0, max], but max is known only at
 the end, so the pass keeps a bottom-k sample per (feature, histogram bin). Here each group
@@ -23,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,6 @@ from explorer.index.format import (
     FEATURE_ARRAYS,
     FEATURES_FILE,
     LABELS_AUTO_FILE,
-    LABELS_USER_FILE,
     MANIFEST_FILE,
     N_BINS,
     N_COOCCURRING,
@@ -51,6 +50,7 @@ from explorer.index.format import (
 )
 from explorer.index.pass_state import EMPTY, LOW32, PassState, decode_top_keys, smallest_per_group
 from explorer.index.reader import TokenText
+from explorer.index.user_labels import UserLabels, carry_over
 from explorer.labels import auto_label
 
 log = logging.getLogger(__name__)
@@ -296,5 +296,7 @@ def write_index(out: Path, run: PassState, lm, sae, windows, manifest: dict) -> 
         (tmp / LABELS_AUTO_FILE).write_text(json.dumps({"method": "explorer.labels.auto_label", "labels": labels},
                                                        ensure_ascii=False, indent=0), encoding="utf-8")
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        if (out / LABELS_USER_FILE).is_file():  # user labels outlive rebuilds
-            shutil.copy2(out / LABELS_USER_FILE, tmp / LABELS_USER_FILE)
+        carry_over(out, tmp, manifest["sae_fingerprint"], d)  # user labels outlive rebuilds
+    notice = UserLabels(out, manifest["sae_fingerprint"], d).notice()
+    if notice:  # labels of another SAE were kept aside (now, or by an earlier rebuild)
+        log.warning("%s", notice)

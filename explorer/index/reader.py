@@ -2,8 +2,9 @@
 
 `FeatureIndex.open(path, tokenizer)` checks the manifest and maps the three safetensors files
 (explorer.index.format); `.card(feature)` reads that feature's rows from them (plus a few
-one-number-per-feature arrays, cached on first use). Labels (`label`, `set_label`), `search`
-and `check_matches` (is this index for the loaded model and SAE?) read the same files.
+one-number-per-feature arrays, cached on first use). Labels (`label`, `set_label`; user labels
+are kept by explorer.index.user_labels, `label_notice` says what is kept aside), `search` and
+`check_matches` (is this index for the loaded model and SAE?) read the same files.
 `TokenText` caches token strings per id; the build uses it too, for the automatic labels.
 """
 
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from explorer.files import write_json
 from explorer.index.format import (
     EXAMPLE_ARRAYS,
     EXAMPLES_FILE,
@@ -26,7 +26,6 @@ from explorer.index.format import (
     FEATURES_FILE,
     FORMAT_VERSION,
     LABELS_AUTO_FILE,
-    LABELS_USER_FILE,
     MANIFEST_FILE,
     N_KINDS,
     N_QUANTILES,
@@ -37,6 +36,7 @@ from explorer.index.format import (
     IndexManifest,
     IndexMismatchError,
 )
+from explorer.index.user_labels import UserLabels
 from explorer.tokens import token_strings
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,9 @@ class FeatureIndex:
         self._auto = auto_labels
         self._text = TokenText(tokenizer)
         self._lock = threading.Lock()
-        self._user = self._read_user_labels()
+        self._user_labels = UserLabels(path, manifest.sae_fingerprint, manifest.d_sae)
+        # label_notice: what of the user labels is not in use and how to restore it ("" when all is)
+        self._user, self.label_notice = self._open_user_labels()
         self._cache: dict[str, np.ndarray] = {}
 
     @classmethod
@@ -187,18 +189,16 @@ class FeatureIndex:
 
     # -- labels
 
-    def _user_file(self) -> Path:
-        return self.path / LABELS_USER_FILE
-
-    def _read_user_labels(self) -> dict[int, str]:
+    def _open_user_labels(self) -> tuple[dict[int, str], str]:
+        """The user labels in use (explorer.index.user_labels), and the notice about the rest.
+        An index in a folder that cannot be written still opens, with no user labels."""
         try:
-            raw = json.loads(self._user_file().read_text(encoding="utf-8"))
-            return {int(k): str(v) for k, v in raw.get("labels", {}).items()}
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError, AttributeError, TypeError):
-            log.warning("%s is unreadable; user labels are ignored until it is fixed or removed", self._user_file())
-            return {}
+            labels, problem = self._user_labels.load(), ""
+        except OSError as err:
+            labels = {}
+            problem = (f"{self._user_labels.file} could not be read or moved aside ({err}): no user labels "
+                       "are shown, and saving one fails until that is fixed. ")
+        return labels, problem + self._user_labels.notice()
 
     def _check_feature(self, feature) -> int:
         if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)) or not 0 <= feature < self.d_sae:
@@ -211,18 +211,20 @@ class FeatureIndex:
         return self._user.get(feature) or self._auto[feature]
 
     def set_label(self, feature: int, text: str) -> None:
-        """Set a user label (empty text removes it), in labels_user.json; rebuilds keep it."""
+        """Set a user label (empty text removes it), in labels_user.json; rebuilds for the same SAE keep it."""
         feature = self._check_feature(feature)
         text = (text or "").strip()
         with self._lock:
-            labels = self._read_user_labels()  # another process may have written meanwhile
+            # Read again: another process may have written meanwhile, or a hand edit broken the
+            # file (then it is moved aside first). OSError: nothing was written.
+            labels = self._user_labels.load()
             if text:
                 labels[feature] = text
             else:
                 labels.pop(feature, None)
-            body = {"labels": {str(k): v for k, v in sorted(labels.items())}}
-            write_json(self._user_file(), body)
+            self._user_labels.save(labels)
             self._user = labels
+            self.label_notice = self._user_labels.notice()
 
     # -- search
 
