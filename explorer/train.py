@@ -51,7 +51,8 @@ from tqdm.auto import tqdm
 
 from explorer.activation_cache import ActivationCache
 from explorer.files import remove_leftovers, replacing_dir, write_json
-from explorer.sae import SAE, SAEConfig, save_sae
+from explorer.sae import SAE, SAEConfig
+from explorer.sae_files import save_sae
 from explorer.settings import TrainConfig, TrainError
 
 log = logging.getLogger(__name__)

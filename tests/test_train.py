@@ -14,7 +14,8 @@ from explorer.activation_cache import MANIFEST, ActivationCache, CacheError, cac
 from explorer.cli import add_train_config_args, build_parser, field_docs, train_config
 from explorer.corpus import Windows
 from explorer.hooks import run_to_hook
-from explorer.sae import load_sae, random_sae
+from explorer.sae import random_sae
+from explorer.sae_files import load_sae
 from explorer.settings import DEMO_HOOK
 from explorer.train import TrainConfig, TrainError, relu_losses, topk_losses, train_sae
 
