@@ -174,7 +174,9 @@ def _normalize_in(x: Tensor, cfg: SAEConfig) -> Tensor:
 
 
 def build_sae(cfg: SAEConfig, tensors: dict[str, Tensor], source: str) -> SAE:
-    """An SAE from named tensors, after checking names, shapes and finiteness."""
+    """An SAE from named tensors, after checking names, shapes and finiteness.
+
+    `source` (a file name, or the caller's name) starts every error message."""
     expected = _param_shapes(cfg)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
