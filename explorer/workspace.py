@@ -13,7 +13,8 @@ from pathlib import Path
 
 from explorer.hooks import parse_hook
 from explorer.model import DEMO_MODEL, LoadedModel, load_model
-from explorer.sae import SAE, check_compatible, load_gemma_scope_npz, load_sae, random_sae, sae_fingerprint
+from explorer.sae import SAE, check_compatible, random_sae
+from explorer.sae_files import load_gemma_scope_npz, load_sae, sae_fingerprint
 from explorer.settings import DEMO_HOOK
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
