@@ -27,7 +27,8 @@ from explorer.corpus import Windows, load_windows
 from explorer.hooks import run_to_hook
 from explorer.index import FeatureIndex, build_index
 from explorer.model import load_model
-from explorer.sae import load_sae, random_sae
+from explorer.sae import random_sae
+from explorer.sae_files import load_sae
 
 HOOK = "blocks.15.hook_resid_post"
 

@@ -69,6 +69,8 @@ def workspace(args, with_index: bool = True):
     ws = open_workspace(args.model or env.model, sae=args.sae or env.sae, index=index,
                         hook=args.hook, device=args.device, dtype=args.dtype)
     print(ws.describe(), file=sys.stderr)
+    if ws.index is not None and ws.index.label_notice:  # user labels kept aside: say where
+        print(ws.index.label_notice, file=sys.stderr)
     if ws.untrained:
         print(UNTRAINED_NOTE, file=sys.stderr)
     return ws

@@ -3,10 +3,8 @@
 The TopK recipe is OpenAI's (Gao et al. 2024), as sparsify and dictionary_learning implement it:
 - latents: the k largest pre-activations, then ReLU. That gives the same dense output as
   SAELens's order (top-k first, ReLU after), so the result saves as a SAELens "topk" SAE.
-- loss: FVU = sum ||x - x_hat||^2 / sum ||x - mean_batch(x)||^2 (sparsify), plus
-  auxk_alpha * AuxK. AuxK is the squared error of the k_aux most active *dead* latents
-  reconstructing the main error, over the same denominator. Like OpenAI, that
-  reconstruction has no b_dec; sparsify and SAELens add b_dec to it.
+- loss: FVU + auxk_alpha * AuxK, both over the batch's total variance (sae_losses.py
+  defines them).
 - decoder rows stay unit norm. Before each Adam step, the gradient component parallel to
   each row is removed; after it, the rows are renormalised.
 - init: random unit decoder rows, W_enc = W_dec.T, b_enc = 0. b_dec is the geometric median
@@ -19,50 +17,43 @@ The TopK recipe is OpenAI's (Gao et al. 2024), as sparsify and dictionary_learni
   rows, and its features are in the activations' own units.
 - Adam, lr 2e-4 / sqrt(d_sae / 2^14) by default (dictionary_learning's rule). Linear warmup,
   and linear decay to 0 over the last lr_decay_fraction of the steps.
-The ReLU variant is a standard SAE: FVU + l1_coefficient * L1, where L1 = mean over tokens of
-sum(f), divided by the RMS norm of the centred input (so it is scale free), with the same
-unit-norm decoder.
+The ReLU variant is a standard SAE: FVU + l1_coefficient * L1 (a scale-free L1, see
+sae_losses.py), with the same unit-norm decoder.
 
-Public names: TrainConfig, train_sae, topk_losses, relu_losses, Losses, geometric_median.
+Public names: TrainConfig, TrainError, train_sae, resolve, Plan, lr_factor, geometric_median.
 TrainConfig and TrainError are declared in settings.py (free of torch, for the CLI).
 `train_sae` writes periodic checkpoints to out_dir/checkpoint/ and resumes from the latest
-one; the final SAE is saved in out_dir in SAELens format.
+one (checkpoints.py); the final SAE is saved in out_dir in SAELens format.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import re
-import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from explorer.activation_cache import ActivationCache
-from explorer.files import remove_leftovers, replacing_dir, write_json
-from explorer.sae import SAE, SAEConfig, save_sae
+from explorer.checkpoints import CHECKPOINT_DIR, TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from explorer.files import write_json
+from explorer.sae import SAE, SAEConfig
+from explorer.sae_files import save_sae
+from explorer.sae_losses import relu_losses, topk_losses
 from explorer.settings import TrainConfig, TrainError
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoint"
 CONFIG_FILENAME = "train_config.json"
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 6.25e-10  # OpenAI's value; the FVU loss is O(1), so gradients can be tiny
 EMA = 0.05  # weight of the newest step in the progress-bar averages (about 20 steps)
-# Fields that may change between a run and its resumption without changing the result.
-RESUMABLE_CHANGES = frozenset({"out_dir", "checkpoint_every", "device"})
 
 
 @dataclass(frozen=True)
@@ -119,131 +110,6 @@ def lr_factor(step: int, plan: Plan) -> float:
     if step >= plan.decay_start:
         return (plan.n_steps - step) / (plan.n_steps - plan.decay_start)
     return 1.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Losses
-
-
-class Losses(NamedTuple):
-    fvu: Tensor
-    """Fraction of variance unexplained (scalar, differentiable)."""
-    auxk: Tensor
-    """topk: AuxK loss, already scaled by min(n_dead / k_aux, 1); 0 when no latent is dead."""
-    l1: Tensor
-    """relu: scale-free L1 penalty; 0 for topk."""
-    l0: Tensor
-    """Mean active latents per token (scalar, no grad)."""
-    fired: Tensor
-    """(d_sae,) int64: tokens of this batch on which each latent fired."""
-
-
-class _PreActsAt(torch.autograd.Function):
-    """pre[b, j] = x[b] . W_enc[:, idx[b, j]] + b_enc[idx[b, j]], gathered from `pre` computed
-    without grad, with a backward that touches only the selected latents.
-
-    Dense autograd would cost two (batch, d_in) x (d_in, d_sae) matmuls in the backward; this
-    costs O(batch * k * d_in) (sparsify's fused encoder does the same). The weight gradient is
-    a sparse-dense matmul: on CPU that is about 6x faster than the dense one, and 10x faster
-    than sparsify's index_add_ of per-token outer products.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, idx: Tensor) -> Tensor:
-        ctx.save_for_backward(x, W_enc, idx)
-        return pre.gather(-1, idx)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        x, W_enc, idx = ctx.saved_tensors
-        d_sae = W_enc.shape[1]
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:  # grad_x[b] = sum_j grad[b, j] * W_enc[:, idx[b, j]]
-            grad_x = F.embedding_bag(idx, W_enc.t().contiguous(), per_sample_weights=grad, mode="sum")
-        if ctx.needs_input_grad[1]:  # grad_W_enc = x.T @ G with G (batch, d_sae), k nonzeros per row
-            grad_w = _sparse_t_mm(idx, grad, x, d_sae).t()  # (d_in, d_sae)
-        if ctx.needs_input_grad[2]:
-            grad_b = grad.new_zeros(d_sae).index_add_(0, idx.flatten(), grad.flatten())
-        return grad_x, grad_w, grad_b, None, None
-
-
-class _SparseDecode(torch.autograd.Function):
-    """sum_j values[b, j] * W_dec[idx[b, j]]: (batch, k) -> (batch, d_in), without a dense f.
-
-    embedding_bag's own backward sorts the indices to build W_dec's gradient, a quarter of a
-    CPU step; a sparse-dense matmul does it in a quarter of that time. The values' gradient
-    still comes from embedding_bag's backward, which is fast when W_dec needs no gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, values: Tensor, idx: Tensor, W_dec: Tensor) -> Tensor:
-        ctx.save_for_backward(values, idx, W_dec)
-        return F.embedding_bag(idx, W_dec, per_sample_weights=values, mode="sum")
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        values, idx, W_dec = ctx.saved_tensors
-        grad_values = grad_w = None
-        if ctx.needs_input_grad[0]:
-            with torch.enable_grad():
-                v = values.detach().requires_grad_()
-                out = F.embedding_bag(idx, W_dec.detach(), per_sample_weights=v, mode="sum")
-                (grad_values,) = torch.autograd.grad(out, v, grad)
-        if ctx.needs_input_grad[2]:
-            grad_w = _sparse_t_mm(idx, values, grad, W_dec.shape[0])
-        return grad_values, None, grad_w
-
-
-def _sparse_t_mm(idx: Tensor, values: Tensor, dense: Tensor, d_sae: int) -> Tensor:
-    """S.T @ dense, where S (batch, d_sae) holds values[b, j] at column idx[b, j]: (d_sae, d)."""
-    batch, k = idx.shape
-    rows = torch.arange(batch, device=idx.device).repeat_interleave(k)
-    s_t = torch.sparse_coo_tensor(torch.stack([idx.flatten(), rows]), values.flatten(), (d_sae, batch),
-                                  check_invariants=False)
-    return torch.sparse.mm(s_t, dense)
-
-
-def _decode_sparse(values: Tensor, idx: Tensor, W_dec: Tensor) -> Tensor:
-    return _SparseDecode.apply(values, idx, W_dec)
-
-
-def topk_losses(sae: SAE, x: Tensor, k: int, dead: Tensor, k_aux: int) -> Losses:
-    """FVU and AuxK for a batch x (batch, d_in); `dead` is a (d_sae,) bool mask."""
-    x_in = x - sae.b_dec  # SAELens apply_b_dec_to_input
-    with torch.no_grad():
-        pre = x_in @ sae.W_enc + sae.b_enc  # (batch, d_sae)
-    idx = pre.topk(k, dim=-1, sorted=False).indices  # (batch, k)
-    values = _PreActsAt.apply(x_in, sae.W_enc, sae.b_enc, pre, idx).relu()
-    x_hat = _decode_sparse(values, idx, sae.W_dec) + sae.b_dec
-    error = x - x_hat
-    total_variance = (x - x.mean(0)).pow(2).sum()
-    fvu = error.pow(2).sum() / total_variance
-
-    n_dead = int(dead.sum())
-    if n_dead and k_aux:
-        scale = min(n_dead / k_aux, 1.0)  # fewer dead latents than k_aux: a weaker pull
-        aux_idx = pre.masked_fill(~dead, -torch.inf).topk(min(k_aux, n_dead), dim=-1, sorted=False).indices
-        aux_values = _PreActsAt.apply(x_in, sae.W_enc, sae.b_enc, pre, aux_idx).relu()
-        error_hat = _decode_sparse(aux_values, aux_idx, sae.W_dec)
-        auxk = scale * (error_hat - error.detach()).pow(2).sum() / total_variance
-    else:
-        auxk = fvu.new_zeros(())
-    active = values.detach() > 0
-    fired = torch.bincount(idx[active], minlength=sae.cfg.d_sae)
-    return Losses(fvu, auxk, fvu.new_zeros(()), active.sum(-1).float().mean(), fired)
-
-
-def relu_losses(sae: SAE, x: Tensor) -> Losses:
-    """FVU and the scale-free L1 penalty of a standard ReLU SAE for a batch x (batch, d_in)."""
-    f = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)  # (batch, d_sae)
-    x_hat = f @ sae.W_dec + sae.b_dec
-    total_variance = (x - x.mean(0)).pow(2).sum()
-    fvu = (x - x_hat).pow(2).sum() / total_variance
-    # mean_b sum(f) / sqrt(mean_b ||x - mean||^2). Decoder rows are unit norm, so the usual
-    # f_i * ||W_dec[i]|| weighting is f_i.
-    l1 = f.sum() / (total_variance * x.shape[0]).sqrt()
-    active = f.detach() > 0
-    return Losses(fvu, fvu.new_zeros(()), l1, active.sum(-1).float().mean(), active.sum(0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,25 +192,6 @@ def _normalise_decoder(sae: SAE) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Training loop
-
-
-@dataclass
-class TrainState:
-    """Everything besides weights and Adam moments that a resumed run needs.
-
-    No RNG state is kept: the only randomness after init is the data order, and that is a
-    pure function of (seed, epoch, batch index) (ActivationCache.batches)."""
-
-    step: int
-    scale: float  # inputs are multiplied by this (normalize_activations)
-    tokens_since_fired: Tensor  # (d_sae,) int64
-    fire_counts: Tensor  # (d_sae,) int64, counted from plan.freq_start on
-    running: dict[str, float] = field(default_factory=dict)  # progress-bar averages only
-
-    @classmethod
-    def fresh(cls, d_sae: int, scale: float, device: torch.device) -> TrainState:
-        zeros = torch.zeros(d_sae, dtype=torch.int64, device=device)
-        return cls(0, scale, zeros.clone(), zeros.clone())
 
 
 def train_sae(cfg: TrainConfig, cache: ActivationCache, progress: bool = True,
@@ -455,74 +302,3 @@ def _save_final(sae: SAE, cfg: TrainConfig, plan: Plan, cache: ActivationCache, 
     save_sae(final, cfg.out_dir, sparsity=sparsity)
     log.info("Saved SAE to %s", cfg.out_dir)
     return final
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints: out_dir/checkpoint/step_000001000/{state.safetensors, state.json}
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete checkpoint folder, or None. Each appears whole (renamed into place)."""
-    if not folder.is_dir():
-        return None
-    steps = [p for p in folder.iterdir() if re.fullmatch(r"step_\d+", p.name) and (p / "state.json").is_file()]
-    return max(steps, key=lambda p: int(p.name[5:]), default=None)
-
-
-def save_checkpoint(folder: Path, cfg: TrainConfig, cache: ActivationCache, sae: SAE,
-                    opt: torch.optim.Optimizer, state: TrainState, keep: int = 2) -> Path:
-    tensors = {f"sae.{name}": p.detach().cpu() for name, p in sae.named_parameters()}
-    for name, p in sae.named_parameters():
-        for key, value in opt.state[p].items():
-            tensors[f"adam.{name}.{key}"] = torch.as_tensor(value).detach().cpu()
-    tensors["tokens_since_fired"] = state.tokens_since_fired.cpu()
-    tensors["fire_counts"] = state.fire_counts.cpu()
-    meta = {"step": state.step, "scale": state.scale, "config": cfg.to_dict(), "cache": _cache_identity(cache),
-            "running": state.running}
-
-    final = folder / f"step_{state.step:09d}"
-    remove_leftovers(final)  # of a run killed while saving this step; one trainer owns the folder
-    # A step saved again (a rerun after the end) replaces the old folder whole.
-    with replacing_dir(final) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / "state.safetensors")
-        (tmp / "state.json").write_text(json.dumps(meta, indent=1))
-    older = sorted((p for p in folder.iterdir() if re.fullmatch(r"step_\d+", p.name)), key=lambda p: int(p.name[5:]))
-    for stale in older[:-keep]:
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(path: Path, cfg: TrainConfig, cache: ActivationCache, sae: SAE,
-                    opt: torch.optim.Optimizer) -> TrainState:
-    """Restore weights and Adam state in place; returns the counters. Refuses another run's checkpoint."""
-    meta = json.loads((path / "state.json").read_text())
-    saved = TrainConfig.from_dict(meta["config"]).to_dict()
-    changed = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
-    if changed:
-        raise TrainError(
-            f"{path} belongs to a run with different {', '.join(changed)} "
-            f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)}). "
-            "Fix: use the same settings to resume, or another out_dir to start afresh.")
-    if meta["cache"] != _cache_identity(cache):
-        raise TrainError(f"{path} was trained on another activation cache ({meta['cache']}). "
-                         "Fix: pass the same cache to resume, or another out_dir to start afresh.")
-    tensors = load_file(str(path / "state.safetensors"))
-    device = sae.W_dec.device
-    with torch.no_grad():
-        for name, p in sae.named_parameters():
-            p.copy_(tensors[f"sae.{name}"])
-    opt_state = opt.state_dict()
-    for i, (name, _) in enumerate(sae.named_parameters()):
-        prefix = f"adam.{name}."
-        entry = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        if entry:
-            opt_state["state"][i] = entry
-    opt.load_state_dict(opt_state)  # moves moments to the parameters' device; keeps `step` on the CPU
-    return TrainState(meta["step"], meta["scale"], tensors["tokens_since_fired"].to(device),
-                      tensors["fire_counts"].to(device), meta["running"])
-
-
-def _cache_identity(cache: ActivationCache) -> dict:
-    m = cache.manifest
-    return {"hook_name": m["hook_name"], "tokens_sha256": m["tokens_sha256"], "n_tokens": cache.n_tokens,
-            "skip_first": m["skip_first"]}

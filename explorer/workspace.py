@@ -16,7 +16,8 @@ from pathlib import Path
 
 from explorer.hooks import parse_hook
 from explorer.model import DEMO_MODEL, LoadedModel, load_model
-from explorer.sae import SAE, check_compatible, load_gemma_scope_npz, load_sae, random_sae, sae_fingerprint
+from explorer.sae import SAE, check_compatible, random_sae
+from explorer.sae_files import load_gemma_scope_npz, load_sae, sae_fingerprint
 from explorer.settings import DEMO_HOOK, PROJECT_DIR, ROOTS_ENV
 
 DATA_DIR = PROJECT_DIR / "data"

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from explorer.index import IndexMismatchError
-from explorer.sae import load_sae
+from explorer.sae_files import load_sae
 from explorer.workspace import DEMO_INDEX, DEMO_SAE, open_index, open_workspace
 
 pytestmark = pytest.mark.demo

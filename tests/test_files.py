@@ -13,7 +13,8 @@ from explorer.activation_cache import ActivationCache, cache_activations
 from explorer.corpus import Windows, save_windows
 from explorer.files import (DIR_MODE, FILE_MODE, make_dirs, remove_leftovers, replacing, replacing_dir,
                             write_atomic, write_json)
-from explorer.sae import SAEConfig, load_sae, random_sae, save_sae
+from explorer.sae import SAEConfig, random_sae
+from explorer.sae_files import load_sae, save_sae
 from explorer.train import TrainConfig, train_sae
 
 HOOK = "blocks.1.hook_resid_post"

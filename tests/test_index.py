@@ -8,20 +8,13 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from explorer import index as index_mod
 from explorer.corpus import Windows
 from explorer.hooks import run_to_hook
-from explorer.index import (
-    FeatureIndex,
-    IndexFormatError,
-    IndexMismatchError,
-    _active_pairs,
-    _hist_bins,
-    _ordered_topk,
-    _sample_keys,
-    build_index,
-)
+from explorer.index import FeatureIndex, IndexFormatError, IndexMismatchError, build_index, pass_state
+from explorer.index.finalise import _ordered_topk
+from explorer.index.pass_state import _active_pairs, _hist_bins, _sample_keys
 from explorer.sae import random_sae
+from explorer.tokens import token_strings
 
 HOOK = "blocks.1.hook_resid_post"
 D_SAE, N_WIN, L, BATCH, TOP_N = 64, 40, 16, 16, 20
@@ -143,7 +136,7 @@ def test_traces_reproduce_window_activations(setup):
 def test_logit_effects_equal_direct_computation(setup):
     lm, sae, *_, ix = setup
     effects = (sae.W_dec.detach() @ lm.model.lm_head.weight.detach().T).numpy()  # W_dec @ W_U
-    _, shown = index_mod.token_strings(lm.tokenizer, list(range(effects.shape[1])))
+    _, shown = token_strings(lm.tokenizer, list(range(effects.shape[1])))
     for f in range(D_SAE):
         card = ix.card(f)
         top = np.argsort(-effects[f], kind="stable")[:10]
@@ -190,11 +183,20 @@ def test_cooccurrence_matches_brute_force(setup):
 
 def test_sparse_cooccurrence_path_gives_the_same_index(setup, tmp_path, monkeypatch):
     lm, sae, windows, path, *_ = setup
-    monkeypatch.setattr(index_mod, "COOC_DENSE_MAX", 0)
+    monkeypatch.setattr(pass_state, "COOC_DENSE_MAX", 0)
     sparse = build_index(lm, sae, windows, tmp_path / "sparse", top_n=TOP_N, batch_size=BATCH,
                          sae_path_fingerprint="sae-abc", progress=False)
     for name in FILES:
         assert (sparse / name).read_bytes() == (path / name).read_bytes(), name
+    assert json.loads((sparse / "manifest.json").read_text())["settings"]["cooccurrence"] == "sparse"
+
+
+def test_index_folder_is_readable_by_everyone_and_leaves_no_temp_files(setup):
+    path = setup[3]
+    assert path.stat().st_mode & 0o777 == 0o755
+    assert {f.name: f.stat().st_mode & 0o777 for f in path.iterdir()} == \
+        {name: 0o644 for name in (*FILES, "manifest.json")}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["idx"]
 
 
 def test_resume_after_interruption_gives_identical_files(setup, tmp_path):

@@ -1,4 +1,4 @@
-"""explorer.sae: hand-computed forward passes, the SAELens format, errors, folds, purity."""
+"""explorer.sae, sae_config, sae_files: hand-computed forward passes, the SAELens format, errors, folds, purity."""
 
 import json
 import math
@@ -12,18 +12,13 @@ from safetensors.torch import load_file, save_file
 
 from explorer.sae import (
     SAE,
-    SAEConfig,
-    SAEError,
     check_compatible,
-    convert_pre_6_0_config,
     fold_activation_norm_scaling_factor,
     fold_W_dec_norm,
-    load_gemma_scope_npz,
-    load_sae,
     random_sae,
-    sae_fingerprint,
-    save_sae,
 )
+from explorer.sae_config import SAEConfig, SAEError, convert_pre_6_0_config
+from explorer.sae_files import load_gemma_scope_npz, load_sae, sae_fingerprint, save_sae
 
 # One small SAE (d_in=2, d_sae=3) for every hand-computed case below.
 W_ENC = [[1.0, 0.0, 1.0], [0.0, 1.0, -1.0]]

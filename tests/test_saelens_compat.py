@@ -24,7 +24,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from explorer.sae import load_sae, save_sae
+from explorer.sae_files import load_sae, save_sae
 
 FIXTURES = Path(__file__).parent / "fixtures" / "saelens"
 CASES = json.loads((FIXTURES / "manifest.json").read_text())["cases"]

@@ -67,7 +67,7 @@ def test_cli_flags_beat_the_environment_which_beats_the_defaults(env, monkeypatc
 
     def fake_open_workspace(model, sae, index, **kw):
         opened.append((model, sae, index))
-        return types.SimpleNamespace(describe=lambda: "", untrained=False)
+        return types.SimpleNamespace(describe=lambda: "", untrained=False, index=None)
 
     monkeypatch.setattr("explorer.workspace.open_workspace", fake_open_workspace)
     parse = cli.build_parser().parse_args

@@ -14,9 +14,11 @@ from explorer.activation_cache import MANIFEST, ActivationCache, CacheError, cac
 from explorer.cli import add_train_config_args, build_parser, field_docs, train_config
 from explorer.corpus import Windows
 from explorer.hooks import run_to_hook
-from explorer.sae import load_sae, random_sae
+from explorer.sae import random_sae
+from explorer.sae_files import load_sae
+from explorer.sae_losses import relu_losses, topk_losses
 from explorer.settings import DEMO_HOOK
-from explorer.train import TrainConfig, TrainError, relu_losses, topk_losses, train_sae
+from explorer.train import TrainConfig, TrainError, train_sae
 
 HOOK = "blocks.1.hook_resid_post"
 N_WINDOWS, CONTEXT = 12, 33  # 12 * 32 = 384 tokens once BOS is dropped

@@ -20,7 +20,8 @@ def test_gemma_scope_npz_opens_on_the_given_hook(tmp_path):
 
 
 def test_sae_of_another_width_is_refused(tmp_path):
-    from explorer.sae import random_sae, save_sae
+    from explorer.sae import random_sae
+    from explorer.sae_files import save_sae
 
     save_sae(random_sae(48, 96, hook_name="blocks.1.hook_resid_post"), tmp_path / "sae")
     with pytest.raises(ValueError, match="48"):

@@ -1,5 +1,5 @@
-"""Highlighted tokens, the tokens-by-features heatmap, the reconstruction error
-chart and the activation histogram. Untrusted text becomes markup only through
+"""Highlighted tokens, the tokens-by-features heatmap and the reconstruction
+error chart. Untrusted text becomes markup only through
 explorer.render; plotly labels go through `plot_text`."""
 
 from __future__ import annotations

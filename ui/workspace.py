@@ -118,6 +118,8 @@ def sidebar() -> None:
                 st.info("No index loaded: feature cards and 'x max' steering need one.")
             else:
                 st.markdown(f"**Index** `{ws.index.path}` ({ws.index.manifest.n_tokens:,} tokens)")
+                if ws.index.label_notice:  # user labels kept aside: say where and how to restore
+                    st.warning(ws.index.label_notice, icon=":material/warning:")
         # Drawn only while open: a fragment's run (a card change) redraws the sidebar's widgets too.
         other = st.expander("Load another model, SAE or index", expanded=ws is None, key="ws_open", on_change="rerun")
         if other.open:

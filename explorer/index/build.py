@@ -1,0 +1,237 @@
+"""Building an index: the one pass over a corpus, its checkpoints, and resuming them.
+
+`build_index(lm, sae, windows, out_dir)` streams token windows once through the model (up to
+the SAE's hook only) and the SAE encoder, folds each batch into a `PassState`
+(explorer.index.pass_state), and hands the finished state to `write_index`
+(explorer.index.finalise), which writes the folder.
+
+BOS. Position 0 of a window is skipped (masked out of every statistic and trace) when it holds
+the tokenizer's BOS token: its activations are outliers (the same context in every window,
+often the corpus maximum), as SAEDashboard also masks special tokens.
+
+Histogram edges are fixed before the first batch is folded in, so that every batch (and every
+shard of a split build) bins alike: from `hist_range` when given, else HIST_DECADES decades
+below the first batch's largest activation times HIST_HEADROOM, rounded up to a power of ten.
+
+Resume. Every `checkpoint_every` batches the running state goes to `<out_dir>.partial/`. A rerun
+with the same inputs (model, hook, SAE, corpus, settings) continues from it; with different
+inputs it refuses (IndexMismatchError) rather than mixing two corpora.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from explorer.files import remove_leftovers, replacing
+from explorer.hooks import run_to_hook
+from explorer.index.finalise import write_index
+from explorer.index.format import (
+    FORMAT_VERSION,
+    HIST_DECADES,
+    MANIFEST_FILE,
+    N_BINS,
+    N_QUANTILES,
+    SAMPLES_PER_BIN,
+    IndexFormatError,
+    IndexMismatchError,
+)
+from explorer.index.pass_state import LOW32, PassState
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.safetensors"
+PARTIAL_SUFFIX = ".partial"
+CHECKPOINT_EVERY = 50
+HIST_HEADROOM = 4.0  # hi >= 4x the first batch's max, so later, larger maxima still get bins
+
+
+def _corpus_hash(tokens: np.ndarray) -> str:
+    arr = np.ascontiguousarray(tokens, dtype="<i4")
+    digest = hashlib.sha256(f"int32{list(arr.shape)}".encode())
+    digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def _weights_fingerprint(sae) -> str:
+    """sha256 of the SAE's config and parameters, for SAEs that have no file fingerprint."""
+    digest = hashlib.sha256(json.dumps(sae.cfg.to_dict(), sort_keys=True, default=str).encode())
+    for name, p in sorted(sae.state_dict().items()):
+        digest.update(name.encode() + b"\0")
+        digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return "weights-" + digest.hexdigest()
+
+
+def _hist_edges(hi: float) -> np.ndarray:
+    """N_BINS + 1 log-spaced float32 edges from hi * 10^-HIST_DECADES to hi."""
+    exps = np.linspace(math.log10(hi) - HIST_DECADES, math.log10(hi), N_BINS + 1)
+    return (10.0 ** exps).astype(np.float32)
+
+
+def _calibrated_hi(max_act: float) -> float:
+    if not math.isfinite(max_act) or max_act <= 0:
+        return 1.0
+    return float(10.0 ** math.ceil(math.log10(max_act * HIST_HEADROOM)))
+
+
+def _identity(lm, sae, windows, fingerprint: str, settings: dict) -> dict:
+    """What a checkpoint must match to be resumed; also the start of the manifest."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_name": lm.name,
+        "hook_name": sae.cfg.hook_name,
+        "sae_fingerprint": fingerprint,
+        "corpus_hash": _corpus_hash(windows.tokens),
+        "n_windows": int(windows.tokens.shape[0]),
+        "window_len": int(windows.tokens.shape[1]),
+        "d_sae": int(sae.cfg.d_sae),
+        "settings": settings,
+    }
+
+
+def _save_checkpoint(partial: Path, run: PassState, identity: dict) -> None:
+    from safetensors.torch import save_file
+
+    meta = {"identity": json.dumps(identity, sort_keys=True), "windows_done": str(run.windows_done),
+            "n_tokens": str(run.n_tokens)}
+    with replacing(partial / STATE_FILE) as tmp:
+        save_file(run.state_dict(), str(tmp), metadata=meta)
+    log.info("checkpoint after %d windows in %s", run.windows_done, partial)
+
+
+def _load_checkpoint(partial: Path, run: PassState, identity: dict) -> bool:
+    from safetensors import safe_open
+
+    file = partial / STATE_FILE
+    if not file.is_file():
+        return False
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - a safetensors handle, not a dict
+        saved = json.loads(meta["identity"])
+    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same advice
+        raise IndexFormatError(f"The partial build in {partial} cannot be read ({err}). "
+                               f"Fix: delete {partial} and build again") from None
+    if saved != identity:
+        differ = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+        raise IndexMismatchError(
+            f"A partial build in {partial} was made from other inputs (they differ in: {', '.join(differ)}), "
+            f"so it cannot be resumed. Fix: rerun with the original model, SAE, windows and settings, "
+            f"or delete {partial} to start over")
+    run.load_state_dict(state)
+    run.windows_done, run.n_tokens = int(meta["windows_done"]), int(meta["n_tokens"])
+    log.info("resuming %s after %d windows", partial, run.windows_done)
+    return True
+
+
+def _check_inputs(tokens: np.ndarray, sae, top_n: int, batch_size: int, checkpoint_every: int,
+                  hist_range: tuple[float, float] | None) -> None:
+    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise ValueError(f"windows.tokens must be a non-empty (n, window) array, got shape {list(tokens.shape)}")
+    if top_n < 1 or batch_size < 1 or checkpoint_every < 1:
+        raise ValueError(f"top_n={top_n}, batch_size={batch_size}, checkpoint_every={checkpoint_every}: "
+                         "all must be >= 1")
+    n_windows, L = tokens.shape
+    if n_windows * L >= LOW32:
+        raise ValueError(f"{n_windows} windows of {L} tokens exceed the 2^32 - 1 token ids of one index; "
+                         "split the corpus into several indexes")
+    if hist_range is not None and not 0 < hist_range[0] < hist_range[1]:
+        raise ValueError(f"hist_range={hist_range}: use (lo, hi) with 0 < lo < hi")
+    if not sae.cfg.hook_name:
+        raise ValueError("the SAE has no hook_name; set it (e.g. blocks.15.hook_resid_post) before indexing")
+
+
+@torch.inference_mode()
+def build_index(
+    lm,
+    sae,
+    windows,
+    out_dir: str | Path,
+    top_n: int = 20,
+    batch_size: int = 16,
+    sae_path_fingerprint: str | None = None,
+    progress: bool = True,
+    *,
+    hist_range: tuple[float, float] | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    on_batch: Callable[[int], None] | None = None,
+) -> Path:
+    """Index `windows` (explorer.corpus.Windows) for every feature of `sae` on `lm`; returns out_dir.
+
+    `sae_path_fingerprint` identifies the SAE in the manifest (pass sae_fingerprint(path));
+    without it a hash of the SAE's weights is used. `hist_range` = (lo, hi) fixes the histogram
+    edges (the same for every shard of a split build); by default they come from the first batch.
+    `on_batch(batch_number)` runs after each batch (and its checkpoint): a progress hook.
+    """
+    tokens = np.asarray(windows.tokens)
+    _check_inputs(tokens, sae, top_n, batch_size, checkpoint_every, hist_range)
+    n_windows, L = tokens.shape
+    d = sae.cfg.d_sae
+    out = Path(out_dir).expanduser()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).is_file())):
+        raise ValueError(f"{out} exists and is not a feature index; a rebuild replaces the whole folder. "
+                         "Fix: pass a new folder, or an existing index folder to rebuild it")
+    partial = out.with_name(out.name + PARTIAL_SUFFIX)
+    remove_leftovers(out)  # temp folders of a build that was killed while writing
+    remove_leftovers(partial / STATE_FILE)
+    fingerprint = sae_path_fingerprint or _weights_fingerprint(sae)
+    bos = getattr(lm.tokenizer, "bos_token_id", None)
+    run = PassState(d, L, top_n, sae.device)
+    settings = {"top_n": top_n, "batch_size": batch_size, "n_bins": N_BINS, "hist_decades": HIST_DECADES,
+                "hist_range": list(hist_range) if hist_range else None, "n_quantiles": N_QUANTILES,
+                "samples_per_bin": SAMPLES_PER_BIN, "skip_bos_token_id": bos,
+                "cooccurrence": "dense" if run.dense_cooc else "sparse"}
+    identity = _identity(lm, sae, windows, fingerprint, settings)
+
+    _load_checkpoint(partial, run, identity)
+    if run.edges is None and hist_range is not None:
+        edges = np.geomspace(hist_range[0], hist_range[1], N_BINS + 1).astype(np.float32)
+        run.edges = torch.from_numpy(edges).to(sae.device)
+
+    n_batches = math.ceil(n_windows / batch_size)
+    bar = tqdm(total=int(n_windows * L), initial=run.windows_done * L, unit="tok", unit_scale=True,
+               desc="indexing", disable=not progress)
+    started, done_here = time.perf_counter(), 0
+    for number in range(run.windows_done // batch_size, n_batches):
+        lo, hi = number * batch_size, min((number + 1) * batch_size, n_windows)
+        ids = torch.from_numpy(np.ascontiguousarray(tokens[lo:hi], dtype=np.int64)).to(lm.device)
+        with lm.lock:
+            x = run_to_hook(lm.model, sae.cfg.hook_name, ids)
+        f = sae.encode(x.to(sae.device)).float()  # (batch, seq, d_sae)
+        skip = (ids[:, 0] == bos) if bos is not None else torch.zeros(hi - lo, dtype=torch.bool)
+        skip = skip.to(f.device)
+        f[:, 0][skip] = 0.0
+        if run.edges is None:
+            run.edges = torch.from_numpy(_hist_edges(_calibrated_hi(float(f.max())))).to(f.device)
+        run.update(f, lo)
+        run.windows_done = hi
+        run.n_tokens += (hi - lo) * L - int(skip.sum())
+        done_here += (hi - lo) * L
+        bar.update((hi - lo) * L)
+        bar.set_postfix_str(f"{done_here / max(time.perf_counter() - started, 1e-9):,.0f} tok/s", refresh=False)
+        last = number == n_batches - 1
+        if ((number + 1) % checkpoint_every == 0 and not last) or (last and n_batches > checkpoint_every):
+            _save_checkpoint(partial, run, identity)
+        if on_batch is not None:
+            on_batch(number)
+    bar.close()
+
+    manifest = dict(identity)
+    manifest["n_tokens"] = run.n_tokens
+    manifest["settings"] = {**settings, "hist_edges": [float(e) for e in run.edges.cpu()]}
+    manifest["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    write_index(out, run, lm, sae, windows, manifest)
+    shutil.rmtree(partial, ignore_errors=True)
+    return out

@@ -1,0 +1,364 @@
+"""The streaming pass state: every running summary the index keeps while activations stream by.
+
+`PassState(d_sae, window_len, top_n, device)` folds in one batch of SAE activations at a time
+(`update`), and saves to / loads from a flat dict of tensors (`state_dict`,
+`load_state_dict`) for checkpoints. It holds no model code: it sees only activations and
+token numbers, so it is the unit that a split build merges across shards or ranks. Turning it
+into index files is `explorer.index.finalise`.
+
+Exact and mergeable (see shared/reference/scale-notes.md). Every running summary is one that
+two shards combine into what a single pass gives: counts, sums and histograms add, maxima
+take the max, top-N is the top-N of the union under a total order, samples are the bottom-k
+of a hash of (feature, token), co-occurrence counts add. Nothing depends on batch order.
+
+Keys. A float32 v > 0 has a bit pattern that, read as an int, orders like v. With
+token = window * window_len + position, the top key bits(v) << 32 | (2^32 - 1 - token) is one
+int64 ordered exactly by the total order (activation desc, window asc, position asc), so
+sorting it has no ties. The top-N buffer keeps the negated keys ascending, and
+`_merge_smallest` is the top-N merge. The sample key hash31(feature, token) << 32 | token is
+unique and random in its high bits.
+
+Quantile samples. Quantile groups are equal-width over (0, max], but max is known only at the
+end. So we keep, for every (feature, histogram bin), the SAMPLES_PER_BIN tokens with the
+smallest sample keys: an exact, mergeable bottom-k sample, from which the finalisation draws
+each group's examples.
+
+Co-occurrence. C_ij counts the tokens where both i and j fire. It is accumulated from the pairs
+of features active at each token (work ~ L0^2 per token, not d_sae^2): into a dense int32
+matrix (upper triangle) when d_sae <= COOC_DENSE_MAX (256 MB), else into sorted sparse
+(pair, count) arrays.
+
+Traces. Each stored example shows the feature's activation over its whole window, but a
+window's activations exist only while its batch is in memory. So whenever an entry enters a
+top-N or sample buffer, its (window, feature) trace is kept sparsely (positions and float16
+values where > 0); traces no buffer refers to any more are pruned now and then and at the end.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from explorer.index.format import N_BINS, SAMPLES_PER_BIN, IndexFormatError
+
+COOC_DENSE_MAX = 8192  # a dense int32 d_sae^2 count matrix up to here (256 MB), sparse above
+
+LOW32 = 0xFFFFFFFF
+EMPTY = torch.iinfo(torch.int64).max  # key of an empty buffer slot
+_MAX_PAIRS = 1 << 24  # co-occurrence pairs made at once (bounds memory for dense SAEs)
+_SAMPLE_SEED = 0x2545F491
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash ([0, 2^32) -> [0, 2^32)) in int64 arithmetic; products stay < 2^59."""
+    x = ((x >> 16) ^ x) * 0x45D9F3B & LOW32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & LOW32
+    return (x >> 16) ^ x
+
+
+def _top_keys(values: Tensor, tokens: Tensor) -> Tensor:
+    """int64 keys, one per (value > 0, token): a larger key comes first in the total order
+    (value desc, then token asc, i.e. window asc, then position asc)."""
+    bits = values.contiguous().view(torch.int32).to(torch.int64)
+    return (bits << 32) | (LOW32 - tokens)
+
+
+def decode_top_keys(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """(values float32, tokens int64) from top keys."""
+    values = (keys >> 32).to(torch.int32).view(torch.float32)
+    return values, LOW32 - (keys & LOW32)
+
+
+def _feature_salt(features: Tensor) -> Tensor:
+    return _mix32((features + _SAMPLE_SEED) & LOW32)
+
+
+def _sample_keys(features: Tensor, tokens: Tensor, salt: Tensor | None = None) -> Tensor:
+    """Unique int64 keys, random in their high 31 bits, fixed by (feature, token).
+    `salt` = _feature_salt(arange(d_sae)) saves hashing the feature ids again."""
+    salted = _feature_salt(features) if salt is None else salt[features]
+    h = _mix32(tokens ^ salted)
+    return ((h >> 1) << 32) | tokens
+
+
+def _hist_bins(values: Tensor, edges: Tensor) -> Tensor:
+    """Bin of each value > 0: k where edges[k] <= v < edges[k+1]; the end bins are open."""
+    return torch.bucketize(values, edges[1:-1], right=True)
+
+
+# --------------------------------------------------------------------------- bottom-k buffers
+
+
+def smallest_per_group(group: Tensor, keys: Tensor, k: int) -> Tensor:
+    """Indices of the k smallest keys of each group, ordered by (group, key)."""
+    order = torch.sort(keys, stable=True).indices
+    order = order[torch.sort(group[order], stable=True).indices]
+    g = group[order]
+    rank = torch.arange(len(g), device=g.device) - torch.searchsorted(g, g)
+    return order[rank < k]
+
+
+def _merge_smallest(buf: Tensor, group: Tensor, keys: Tensor,
+                    payload_buf: Tensor | None = None, payload: Tensor | None = None) -> Tensor:
+    """Keep in each row of `buf` (groups, k) the k smallest keys seen so far, ascending
+    (EMPTY marks an unused slot), after adding the entries (group, keys). `payload_buf` rows
+    move with their keys. Returns the indices of the new entries that were kept."""
+    src = (keys < buf[group, -1]).nonzero().squeeze(1)  # most entries lose to a full buffer
+    if len(src) == 0:
+        return src
+    k = buf.shape[1]
+    sel = smallest_per_group(group[src], keys[src], k)  # only a group's k best new ones can stay
+    src = src[sel]
+    group, keys = group[src], keys[src]
+    touched, counts = torch.unique_consecutive(group, return_counts=True)
+    u, dev = len(touched), buf.device
+    row = torch.arange(u, device=dev).repeat_interleave(counts)
+    slot = torch.arange(len(group), device=dev) - (torch.cumsum(counts, 0) - counts).repeat_interleave(counts)
+    new_keys = torch.full((u, k), EMPTY, dtype=buf.dtype, device=dev)
+    new_keys[row, slot] = keys
+    new_src = torch.full((u, k), -1, dtype=torch.int64, device=dev)
+    new_src[row, slot] = src
+    merged = torch.cat([buf[touched], new_keys], 1)  # (touched, 2k): two sorted halves
+    order = merged.sort(dim=1).indices[:, :k]  # keys are unique, so the order is too (bar empty slots)
+    buf[touched] = merged.gather(1, order)
+    if payload_buf is not None:
+        new_payload = torch.zeros((u, k), dtype=payload_buf.dtype, device=dev)
+        new_payload[row, slot] = payload[src]
+        payload_buf[touched] = torch.cat([payload_buf[touched], new_payload], 1).gather(1, order)
+    kept = torch.cat([torch.full_like(new_src, -1), new_src], 1).gather(1, order)
+    return kept[kept >= 0]
+
+
+def _ragged_take(lens: Tensor, rows: Tensor) -> Tensor:
+    """Flat indices of the items of `rows`, in that order, for ragged rows of lengths `lens`."""
+    starts = torch.cumsum(lens, 0) - lens
+    take = lens[rows]
+    if int(take.sum()) == 0:
+        return torch.zeros(0, dtype=torch.int64, device=lens.device)
+    out_starts = torch.cumsum(take, 0) - take
+    within = torch.arange(int(take.sum()), device=lens.device) - out_starts.repeat_interleave(take)
+    return starts[rows].repeat_interleave(take) + within
+
+
+def _active_pairs(t: Tensor, feat: Tensor, n_rows: int):
+    """Yield (i, j), i < j, for every two features active at the same row; entries sorted by (t, feat).
+
+    Rows are padded to the longest row's count c, and all c(c-1)/2 slot pairs are read at once:
+    no per-entry work, good when rows are about as long (TopK SAEs). When padding would more
+    than double the work, each entry is instead repeated once per later partner in its row."""
+    per_row = torch.bincount(t, minlength=n_rows)
+    n_pairs = int((per_row * (per_row - 1) // 2).sum())
+    if n_pairs == 0:
+        return
+    c = int(per_row.max())
+    ends = torch.cumsum(per_row, 0)
+    starts = ends - per_row
+    if n_rows * (c * (c - 1) // 2) <= 2 * n_pairs:
+        padded = torch.full((n_rows, c), -1, dtype=feat.dtype, device=feat.device)
+        padded[t, torch.arange(len(t), device=t.device) - starts[t]] = feat
+        ii, jj = torch.triu_indices(c, c, 1, device=feat.device)
+        step = max(1, _MAX_PAIRS // len(ii))
+        for r in range(0, n_rows, step):
+            i, j = padded[r:r + step, ii], padded[r:r + step, jj]  # (rows, c(c-1)/2)
+            ok = j >= 0  # padding sits at the end of a row, so a valid j has a valid i
+            yield i[ok], j[ok]
+        return
+    cum = torch.cumsum(per_row * (per_row - 1) // 2, 0)
+    lo = 0
+    while lo < n_rows:  # chunks of whole rows with at most _MAX_PAIRS pairs (at least one row)
+        base = int(cum[lo - 1]) if lo else 0
+        hi = max(int(torch.searchsorted(cum, base + _MAX_PAIRS, right=True)), lo + 1)
+        e0, e1 = int(starts[lo]), int(ends[hi - 1])
+        lo = hi
+        arange = torch.arange(e1 - e0, device=t.device)
+        n_rep = ends[t[e0:e1]] - e0 - arange - 1  # partners after each entry within its row
+        total = int(n_rep.sum())
+        if total == 0:
+            continue
+        first = arange.repeat_interleave(n_rep)
+        within = torch.arange(total, device=t.device) - (torch.cumsum(n_rep, 0) - n_rep).repeat_interleave(n_rep)
+        ff = feat[e0:e1]
+        yield ff[first], ff[first + 1 + within]
+
+
+# --------------------------------------------------------------------------- growing stores
+
+
+class _Traces:
+    """Sparse traces keyed by window * d_sae + feature: positions and float16 values where > 0."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.chunks: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self.n_rows = 0
+        self.prune_at = 1 << 16
+
+    def add(self, keys: Tensor, dense: Tensor) -> None:
+        """keys (n,), dense (n, seq) float32 activations."""
+        mask = dense > 0
+        lens = mask.sum(1)
+        pos = mask.nonzero()[:, 1].to(torch.int32)
+        vals = dense[mask].clamp(max=65504.0).to(torch.float16)
+        self.chunks.append((keys, lens, pos, vals))
+        self.n_rows += len(keys)
+
+    def arrays(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(keys, lens, positions, values): one row per trace, positions and values ragged."""
+        if not self.chunks:
+            z = torch.zeros(0, dtype=torch.int64, device=self.device)
+            return z, z.clone(), z.to(torch.int32), z.to(torch.float16)
+        if len(self.chunks) > 1:
+            self.chunks = [tuple(torch.cat(parts) for parts in zip(*self.chunks))]
+        return self.chunks[0]
+
+    def keep_only(self, referenced: Tensor) -> None:
+        """Drop every trace whose key is not in `referenced`, and sort by key."""
+        keys, lens, pos, vals = self.arrays()
+        rows = torch.isin(keys, referenced).nonzero().squeeze(1)
+        rows = rows[torch.argsort(keys[rows])]
+        items = _ragged_take(lens, rows)
+        self.chunks = [(keys[rows], lens[rows], pos[items], vals[items])]
+        self.n_rows = len(rows)
+        self.prune_at = 2 * self.n_rows + (1 << 16)
+
+
+class _SparseCounts:
+    """Counts per int64 key, as sorted unique keys + counts; new keys wait in `pending`."""
+
+    def __init__(self, device: torch.device):
+        self.keys = torch.zeros(0, dtype=torch.int64, device=device)
+        self.counts = torch.zeros(0, dtype=torch.int64, device=device)
+        self.pending: list[tuple[Tensor, Tensor]] = []
+        self.n_pending = 0
+
+    def add(self, keys: Tensor, counts: Tensor | None = None) -> None:
+        if counts is None:
+            keys, counts = torch.unique(keys, return_counts=True)
+        self.pending.append((keys, counts))
+        self.n_pending += len(keys)
+        if self.n_pending > max(2 * len(self.keys), 1 << 22):
+            self.compact()
+
+    def compact(self) -> None:
+        if not self.pending:
+            return
+        keys = torch.cat([self.keys] + [k for k, _ in self.pending])
+        counts = torch.cat([self.counts] + [c for _, c in self.pending])
+        self.keys, inverse = torch.unique(keys, return_inverse=True)
+        self.counts = torch.zeros(len(self.keys), dtype=torch.int64, device=keys.device).index_add_(0, inverse, counts)
+        self.pending, self.n_pending = [], 0
+
+
+# --------------------------------------------------------------------------- the pass state
+
+# state_dict key -> attribute, for the tensors saved as they are. The keys are the checkpoint
+# format (state.safetensors), so they stay as they are when attributes are renamed.
+_SAVED_AS_IS = {"count": "count", "total": "total", "vmax": "vmax", "hist": "hist", "top": "top",
+                "samp": "samples", "samp_vals": "sample_values", "edges": "edges"}
+
+
+class PassState:
+    """Everything the streaming pass keeps, on the SAE's device."""
+
+    def __init__(self, d_sae: int, window_len: int, top_n: int, device: torch.device):
+        self.d_sae, self.window_len, self.top_n, self.device = d_sae, window_len, top_n, device
+        i64 = {"dtype": torch.int64, "device": device}
+        self.count = torch.zeros(d_sae, **i64)
+        self.total = torch.zeros(d_sae, dtype=torch.float64, device=device)
+        self.vmax = torch.zeros(d_sae, dtype=torch.float32, device=device)
+        self.hist = torch.zeros(d_sae * N_BINS, **i64)
+        self.top = torch.full((d_sae, top_n), EMPTY, **i64)  # negated top keys, ascending
+        self.samples = torch.full((d_sae * N_BINS, SAMPLES_PER_BIN), EMPTY, **i64)  # (feature * N_BINS + bin, k)
+        self.sample_values = torch.zeros((d_sae * N_BINS, SAMPLES_PER_BIN), dtype=torch.float32, device=device)
+        self.dense_cooc = d_sae <= COOC_DENSE_MAX
+        self.cooc = torch.zeros((d_sae, d_sae) if self.dense_cooc else (0,), dtype=torch.int32, device=device)
+        self.cooc_sparse = _SparseCounts(device)
+        self.traces = _Traces(device)
+        self.salt = _feature_salt(torch.arange(d_sae, device=device))
+        self.edges: Tensor | None = None  # (N_BINS + 1,) float32, fixed at the first batch
+        self.windows_done = 0
+        self.n_tokens = 0
+
+    def update(self, f: Tensor, first_window: int) -> None:
+        """Fold in one batch: f (batch, seq, d_sae) float32 with masked positions zeroed."""
+        B, L, d = f.shape
+        flat = f.view(B * L, d)  # (tokens, d_sae)
+        t, feat = (flat > 0).nonzero(as_tuple=True)  # sorted by token, then feature
+        vals = flat[t, feat]
+        tokens = first_window * L + t
+
+        self.count += torch.bincount(feat, minlength=d)
+        self.total.index_add_(0, feat, vals.to(torch.float64))
+        self.vmax.scatter_reduce_(0, feat, vals, reduce="amax")
+        cell = feat * N_BINS + _hist_bins(vals, self.edges)  # (feature, bin)
+        self.hist += torch.bincount(cell, minlength=d * N_BINS)
+
+        new_top = _merge_smallest(self.top, feat, -_top_keys(vals, tokens))
+        new_samp = _merge_smallest(self.samples, cell, _sample_keys(feat, tokens, self.salt),
+                                   self.sample_values, vals)
+
+        # Traces of every (window, feature) that just entered a buffer, while the batch is here.
+        entered = torch.cat([new_top, new_samp])
+        if len(entered):
+            wf = torch.unique((tokens[entered] // L) * d + feat[entered])
+            local = wf // d - first_window
+            self.traces.add(wf, f[local, :, wf % d])
+            if self.traces.n_rows > self.traces.prune_at:
+                self.traces.keep_only(self.referenced())
+
+        for i, j in _active_pairs(t, feat, B * L):
+            if self.dense_cooc:
+                self.cooc.view(-1).index_add_(0, i * d + j, torch.ones_like(i, dtype=torch.int32))
+            else:
+                self.cooc_sparse.add(i * d + j)
+
+    def referenced(self) -> Tensor:
+        """Sorted trace keys (window * d_sae + feature) that some buffer entry refers to."""
+        d, L = self.d_sae, self.window_len
+        feats = torch.arange(d, device=self.device)
+        used = self.top != EMPTY
+        _, top_tok = decode_top_keys(-self.top[used])
+        top_wf = (top_tok // L) * d + feats[:, None].expand_as(self.top)[used]
+        used = self.samples != EMPTY
+        samp_tok = self.samples[used] & LOW32
+        samp_feat = (torch.arange(d * N_BINS, device=self.device) // N_BINS)[:, None].expand_as(self.samples)[used]
+        return torch.unique(torch.cat([top_wf, (samp_tok // L) * d + samp_feat]))
+
+    def cooc_pairs(self) -> tuple[Tensor, Tensor]:
+        """(keys i * d_sae + j with i < j, counts) of every co-occurring pair."""
+        if self.dense_cooc:
+            keys = self.cooc.view(-1).nonzero().squeeze(1)
+            return keys, self.cooc.view(-1)[keys].to(torch.int64)
+        self.cooc_sparse.compact()
+        return self.cooc_sparse.keys, self.cooc_sparse.counts
+
+    # -- checkpoints
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The whole state as CPU tensors (traces pruned to the referenced ones first)."""
+        self.traces.keep_only(self.referenced())
+        keys, lens, pos, vals = self.traces.arrays()
+        cooc_keys, cooc_counts = self.cooc_pairs()
+        state = {key: getattr(self, attr) for key, attr in _SAVED_AS_IS.items()}
+        state.update({"cooc_keys": cooc_keys, "cooc_counts": cooc_counts, "trace_keys": keys,
+                      "trace_lens": lens, "trace_pos": pos, "trace_vals": vals})
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        s = {k: v.to(self.device) for k, v in state.items()}
+        for key, attr in _SAVED_AS_IS.items():
+            if getattr(self, attr) is not None and getattr(self, attr).shape != s[key].shape:
+                raise IndexFormatError(f"checkpoint tensor {key} has shape {list(s[key].shape)}; "
+                                       "delete the .partial folder")
+            setattr(self, attr, s[key])
+        if self.dense_cooc:
+            self.cooc.view(-1).index_add_(0, s["cooc_keys"], s["cooc_counts"].to(torch.int32))
+        else:
+            self.cooc_sparse = _SparseCounts(self.device)
+            self.cooc_sparse.keys, self.cooc_sparse.counts = s["cooc_keys"], s["cooc_counts"]
+        self.traces = _Traces(self.device)
+        self.traces.chunks = [(s["trace_keys"], s["trace_lens"], s["trace_pos"], s["trace_vals"])]
+        self.traces.n_rows = len(s["trace_keys"])

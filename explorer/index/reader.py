@@ -1,0 +1,348 @@
+"""Reading an index: `FeatureIndex` and the `FeatureCard` it reads for one feature.
+
+`FeatureIndex.open(path, tokenizer)` checks the manifest and maps the three safetensors files
+(explorer.index.format); `.card(feature)` reads that feature's rows from them (plus a few
+one-number-per-feature arrays, cached on first use). Labels (`label`, `set_label`; user labels
+are kept by explorer.index.user_labels, `label_notice` says what is kept aside), `search` and
+`check_matches` (is this index for the loaded model and SAE?) read the same files.
+`TokenText` caches token strings per id; the build uses it too, for the automatic labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from explorer.index.format import (
+    EXAMPLE_ARRAYS,
+    EXAMPLES_FILE,
+    FEATURE_ARRAYS,
+    FEATURES_FILE,
+    FORMAT_VERSION,
+    LABELS_AUTO_FILE,
+    MANIFEST_FILE,
+    N_KINDS,
+    N_QUANTILES,
+    REBUILD_HINT,
+    WINDOW_ARRAYS,
+    WINDOWS_FILE,
+    IndexFormatError,
+    IndexManifest,
+    IndexMismatchError,
+)
+from explorer.index.user_labels import UserLabels
+from explorer.tokens import token_strings
+
+log = logging.getLogger(__name__)
+
+SEARCH_BY = ("label", "top_token", "logit_token")
+
+
+@dataclass(frozen=True)
+class Example:
+    window: int
+    position: int  # the example's token inside the window
+    activation: float  # exact (float32) activation at that token
+    token_ids: list[int]
+    tokens: list[str]  # display strings (explorer.tokens.token_strings)
+    texts: list[str]  # raw decoded text per token
+    values: list[float]  # this feature's activation at every token of the window (float16-rounded)
+
+
+@dataclass(frozen=True)
+class QuantileBin:
+    low: float
+    high: float
+    fraction: float  # share of the feature's active tokens in this bin
+    examples: list[Example]
+
+
+@dataclass(frozen=True)
+class FeatureCard:
+    feature: int
+    label: str  # the user's label if set, else the automatic one
+    auto_label: str
+    density: float  # share of indexed tokens where the feature fires (> 0)
+    max_activation: float
+    mean_activation: float  # over the tokens where it fires
+    n_tokens: int  # tokens indexed
+    hist_edges: list[float]  # N_BINS + 1 edges; the first and last bins are open-ended
+    hist_counts: list[int]
+    top_logits: list[tuple[str, float]]  # display string, W_dec[i] @ W_U
+    bottom_logits: list[tuple[str, float]]
+    top_examples: list[Example]
+    quantiles: list[QuantileBin]
+    neighbours: list[tuple[int, float]]  # (feature, decoder cosine)
+    cooccurring: list[tuple[int, float]]  # (feature, jaccard)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready types (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+class TokenText:
+    """Cached raw text and display string per token id.
+
+    A card reads ~45 windows of 128 tokens: the lookups are C-level (set
+    difference, map over dict.__getitem__), which keeps them near 1 ms."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._texts: dict[int, str] = {}
+        self._shown: dict[int, str] = {}
+
+    def _ids(self, ids) -> list[int]:
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)  # plain ints
+        missing = sorted(set(ids).difference(self._texts))
+        if missing:
+            texts, shown = token_strings(self.tokenizer, missing)
+            self._texts.update(zip(missing, texts))
+            self._shown.update(zip(missing, shown))
+        return ids
+
+    def texts(self, ids) -> list[str]:
+        return list(map(self._texts.__getitem__, self._ids(ids)))
+
+    def shown(self, ids) -> list[str]:
+        return list(map(self._shown.__getitem__, self._ids(ids)))
+
+
+def _open_tensors(file: Path, keys: tuple[str, ...]):
+    from safetensors import safe_open
+
+    if not file.is_file():
+        raise IndexFormatError(f"The index file {file} is missing. {REBUILD_HINT}")
+    try:
+        handle = safe_open(str(file), framework="np")
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
+        raise IndexFormatError(f"The index file {file} is corrupt ({err}). {REBUILD_HINT}") from None
+    missing = sorted(set(keys) - set(handle.keys()))
+    if missing:
+        raise IndexFormatError(f"The index file {file} lacks {missing}; it is from another version or damaged. "
+                               f"{REBUILD_HINT}")
+    return handle
+
+
+class FeatureIndex:
+    """A built index, read lazily from memory-mapped safetensors files. Thread-safe for reading."""
+
+    def __init__(self, path: Path, manifest: IndexManifest, tokenizer, features, examples, windows, auto_labels):
+        self.path = path
+        self.manifest = manifest
+        self.d_sae = manifest.d_sae
+        self._features, self._examples, self._windows = features, examples, windows
+        self._auto = auto_labels
+        self._text = TokenText(tokenizer)
+        self._lock = threading.Lock()
+        self._user_labels = UserLabels(path, manifest.sae_fingerprint, manifest.d_sae)
+        # label_notice: what of the user labels is not in use and how to restore it ("" when all is)
+        self._user, self.label_notice = self._open_user_labels()
+        self._cache: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def open(cls, path: str | Path, tokenizer) -> FeatureIndex:
+        path = Path(path).expanduser()
+        manifest_file = path / MANIFEST_FILE
+        if not manifest_file.is_file():
+            raise IndexFormatError(f"No feature index at {path} (no {MANIFEST_FILE}). {REBUILD_HINT}, "
+                                   "or pass the folder that holds manifest.json")
+        try:
+            raw = json.loads(manifest_file.read_text())
+            manifest = IndexManifest.from_dict(raw)
+        except (ValueError, TypeError) as err:
+            raise IndexFormatError(f"{manifest_file} is not a valid index manifest ({err}). {REBUILD_HINT}") from None
+        if manifest.format_version != FORMAT_VERSION:
+            raise IndexFormatError(f"The index at {path} has format version {manifest.format_version}, but this "
+                                   f"version of the explorer reads version {FORMAT_VERSION}. {REBUILD_HINT}")
+        features = _open_tensors(path / FEATURES_FILE, FEATURE_ARRAYS)
+        examples = _open_tensors(path / EXAMPLES_FILE, EXAMPLE_ARRAYS)
+        windows = _open_tensors(path / WINDOWS_FILE, WINDOW_ARRAYS)
+        if features.get_slice("count").get_shape() != [manifest.d_sae]:
+            raise IndexFormatError(f"{path / FEATURES_FILE} does not hold {manifest.d_sae} features. {REBUILD_HINT}")
+        try:
+            auto = json.loads((path / LABELS_AUTO_FILE).read_text(encoding="utf-8"))["labels"]
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("%s is missing or unreadable; features have no automatic labels", path / LABELS_AUTO_FILE)
+            auto = []
+        if len(auto) != manifest.d_sae:
+            auto = [""] * manifest.d_sae
+        return cls(path, manifest, tokenizer, features, examples, windows, auto)
+
+    # -- whole-index arrays (small: one number per feature), loaded on first use
+
+    def _array(self, handle, name: str) -> np.ndarray:
+        if name not in self._cache:
+            self._cache[name] = handle.get_tensor(name)
+        return self._cache[name]
+
+    def max_activations(self) -> np.ndarray:
+        return self._array(self._features, "act_max")
+
+    def densities(self) -> np.ndarray:
+        return self._array(self._features, "count") / max(self.manifest.n_tokens, 1)
+
+    # -- labels
+
+    def _open_user_labels(self) -> tuple[dict[int, str], str]:
+        """The user labels in use (explorer.index.user_labels), and the notice about the rest.
+        An index in a folder that cannot be written still opens, with no user labels."""
+        try:
+            labels, problem = self._user_labels.load(), ""
+        except OSError as err:
+            labels = {}
+            problem = (f"{self._user_labels.file} could not be read or moved aside ({err}): no user labels "
+                       "are shown, and saving one fails until that is fixed. ")
+        return labels, problem + self._user_labels.notice()
+
+    def _check_feature(self, feature) -> int:
+        if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)) or not 0 <= feature < self.d_sae:
+            raise ValueError(f"Feature {feature!r} does not exist: this index has features 0..{self.d_sae - 1}")
+        return int(feature)
+
+    def label(self, feature: int) -> str:
+        """The user's label when set, else the automatic one."""
+        feature = self._check_feature(feature)
+        return self._user.get(feature) or self._auto[feature]
+
+    def set_label(self, feature: int, text: str) -> None:
+        """Set a user label (empty text removes it), in labels_user.json; rebuilds for the same SAE keep it."""
+        feature = self._check_feature(feature)
+        text = (text or "").strip()
+        with self._lock:
+            # Read again: another process may have written meanwhile, or a hand edit broken the
+            # file (then it is moved aside first). OSError: nothing was written.
+            labels = self._user_labels.load()
+            if text:
+                labels[feature] = text
+            else:
+                labels.pop(feature, None)
+            self._user_labels.save(labels)
+            self._user = labels
+            self.label_notice = self._user_labels.notice()
+
+    # -- search
+
+    def search(self, query: str, by: str = "label", limit: int = 20) -> list[int]:
+        """Features whose label / top-example peak tokens / promoted logit tokens contain
+        `query` (case-insensitive substring), best first.
+
+        label: exact match, then prefix, then earliest match; top_token: most top examples
+        peaking on a matching token, then max activation; logit_token: best rank of a
+        matching promoted token, then its logit."""
+        if by not in SEARCH_BY:
+            raise ValueError(f"search by {by!r} is not supported; use one of {', '.join(SEARCH_BY)}")
+        q = (query or "").strip().casefold()
+        if not q or limit <= 0:
+            return []
+        if by == "label":
+            hits = []
+            for f in range(self.d_sae):
+                text = self.label(f).casefold()
+                at = text.find(q)
+                if at >= 0:
+                    hits.append((0 if text == q else 1 if at == 0 else 2, at, f))
+            return [f for *_, f in sorted(hits)[:limit]]
+        name = "peak_token_ids" if by == "top_token" else "logit_top_ids"
+        ids = self._array(self._features, name)
+        present = np.unique(ids[ids >= 0])
+        matching = present[[q in t.strip().casefold() for t in self._text.texts(present)]]
+        hit = np.isin(ids, matching) & (ids >= 0)
+        n_hits = hit.sum(1)
+        found = np.flatnonzero(n_hits)
+        if by == "top_token":
+            order = np.lexsort((found, -self.max_activations()[found].astype(np.float64), -n_hits[found]))
+        else:
+            first = hit.argmax(1)[found]
+            value = self._array(self._features, "logit_top_values")[found, first]
+            order = np.lexsort((found, -value.astype(np.float64), first))
+        return [int(f) for f in found[order][:limit]]
+
+    # -- cards
+
+    def check_matches(self, model_name: str | None, hook_name: str, sae_fingerprint: str | None) -> None:
+        """Raise IndexMismatchError unless the index was built for this model, hook and SAE
+        (a None model name or fingerprint is not checked)."""
+        m = self.manifest
+        wrong = []
+        if model_name is not None and model_name != m.model_name:
+            wrong.append(f"the loaded model is {model_name!r}")
+        if hook_name != m.hook_name:
+            wrong.append(f"the SAE reads hook {hook_name}")
+        if sae_fingerprint is not None and sae_fingerprint != m.sae_fingerprint:
+            wrong.append(f"the loaded SAE is {sae_fingerprint[:16]}")
+        if wrong:
+            raise IndexMismatchError(
+                f"The index at {self.path} was built for hook {m.hook_name} of model {m.model_name!r} with SAE "
+                f"{m.sae_fingerprint[:16]}, but {' and '.join(wrong)}. Fix: rebuild the index with `explorer index` "
+                "for this model and SAE, or load the model and SAE it was built with")
+
+    def _row(self, handle, name: str, i: int) -> np.ndarray:
+        return handle.get_slice(name)[i]
+
+    def card(self, feature: int) -> FeatureCard:
+        """Everything the app shows for one feature."""
+        f = self._check_feature(feature)
+        F = self._features
+        count = int(self._array(F, "count")[f])
+        total = float(self._array(F, "act_sum")[f])
+        top_logits = self._logits(f, "top")
+        bottom_logits = self._logits(f, "bottom")
+        ptr = self._row(self._examples, "ex_ptr", slice(f * N_KINDS, (f + 1) * N_KINDS + 1))
+        examples = self._read_examples(int(ptr[0]), int(ptr[-1]))
+        groups = [examples[int(ptr[k] - ptr[0]):int(ptr[k + 1] - ptr[0])] for k in range(N_KINDS)]
+        q_valid, q_low = self._row(F, "q_valid", f), self._row(F, "q_low", f)
+        q_high, q_frac = self._row(F, "q_high", f), self._row(F, "q_fraction", f)
+        quantiles = [QuantileBin(float(q_low[g]), float(q_high[g]), float(q_frac[g]), groups[1 + g])
+                     for g in range(N_QUANTILES) if q_valid[g]]
+        return FeatureCard(
+            feature=f, label=self.label(f), auto_label=self._auto[f],
+            density=count / max(self.manifest.n_tokens, 1),
+            max_activation=float(self._array(F, "act_max")[f]),
+            mean_activation=total / count if count else 0.0,
+            n_tokens=self.manifest.n_tokens,
+            hist_edges=[float(e) for e in self._array(F, "hist_edges")],
+            hist_counts=[int(c) for c in self._row(F, "hist_counts", f)],
+            top_logits=top_logits, bottom_logits=bottom_logits,
+            top_examples=groups[0], quantiles=quantiles,
+            neighbours=self._pairs(f, "neighbour_ids", "neighbour_cos"),
+            cooccurring=self._pairs(f, "cooc_ids", "cooc_jaccard"),
+        )
+
+    def _logits(self, f: int, which: str) -> list[tuple[str, float]]:
+        ids = self._row(self._features, f"logit_{which}_ids", f)
+        vals = self._row(self._features, f"logit_{which}_values", f)
+        keep = ids >= 0
+        return list(zip(self._text.shown(ids[keep]), (float(v) for v in vals[keep])))
+
+    def _pairs(self, f: int, ids_name: str, vals_name: str) -> list[tuple[int, float]]:
+        ids, vals = self._row(self._features, ids_name, f), self._row(self._features, vals_name, f)
+        return [(int(i), float(v)) for i, v in zip(ids, vals) if i >= 0]
+
+    def _read_examples(self, a: int, b: int) -> list[Example]:
+        if b <= a:
+            return []
+        E, W = self._examples, self._windows
+        windows = self._row(E, "ex_window", slice(a, b))
+        positions = self._row(E, "ex_position", slice(a, b))
+        acts = self._row(E, "ex_activation", slice(a, b))
+        traces = self._row(E, "ex_trace", slice(a, b))
+        rows = np.searchsorted(self._array(W, "window_ids"), windows)
+        tokens = {int(r): self._row(W, "tokens", int(r)) for r in np.unique(rows)}
+        trace_ptr = E.get_slice("trace_ptr")
+        trace_pos, trace_val = E.get_slice("trace_pos"), E.get_slice("trace_val")
+        L = self.manifest.window_len
+        out = []
+        for w, p, v, r, t in zip(windows, positions, acts, rows, traces):
+            ids = tokens[int(r)].tolist()
+            lo, hi = trace_ptr[int(t):int(t) + 2]
+            values = np.zeros(L, np.float32)
+            values[trace_pos[int(lo):int(hi)].astype(np.int64)] = trace_val[int(lo):int(hi)]
+            out.append(Example(window=int(w), position=int(p), activation=float(v), token_ids=ids,
+                               tokens=self._text.shown(ids), texts=self._text.texts(ids), values=values.tolist()))
+        return out

@@ -1,0 +1,226 @@
+"""SAEConfig: what an SAE's cfg.json says, in SAELens's v6 form.
+
+Public names: SAEError, SAEConfig, convert_pre_6_0_config, parse_dtype, dtype_name,
+ARCHITECTURES, NORMALIZATIONS.
+
+SAEConfig.from_dict reads v6 dicts and converts pre-6.0 ones the way SAELens's
+handle_pre_6_0_config does; to_dict writes v6. Files are read and written in
+sae_files.py; this module knows dicts only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Written as metadata.sae_lens_version when the config has no v6 version of its own:
+# SAELens runs its pre-6.0 conversion on anything older, and that would drop metadata.
+SAE_LENS_FORMAT_VERSION = "6.0.0"
+
+ARCHITECTURES = ("standard", "topk", "jumprelu", "gated")
+NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+# Flat keys of a pre-6.0 cfg.json that SAELens moves into "metadata" (LLM_METADATA_KEYS).
+_LEGACY_METADATA_KEYS = frozenset({
+    "model_name", "hook_name", "model_class_name", "hook_head_index",
+    "model_from_pretrained_kwargs", "prepend_bos", "exclude_special_tokens",
+    "neuronpedia_id", "context_size", "seqpos_slice", "dataset_path", "sae_lens_version",
+    "sae_lens_training_version", "hook_name_out", "hook_head_index_out", "hf_hook_name",
+    "hf_hook_name_out",
+})
+_V6_TOP_LEVEL_KEYS = (
+    "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
+    "reshape_activations", "k", "rescale_acts_by_decoder_norm",
+)
+
+
+class SAEError(ValueError):
+    """An SAE cannot be loaded or used; the message names the problem and the fix."""
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """The torch dtype named by "float32", "torch.float32" or torch.float32 itself."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in _DTYPES.values():
+            return dtype
+    elif str(dtype).removeprefix("torch.") in _DTYPES:
+        return _DTYPES[str(dtype).removeprefix("torch.")]
+    raise SAEError(f"unsupported dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """The short name cfg.json uses ("float32") for any form parse_dtype accepts."""
+    return str(parse_dtype(dtype)).removeprefix("torch.")
+
+
+def _major_version(version: object) -> int:
+    match = re.match(r"\s*v?(\d+)", str(version or ""))
+    return int(match.group(1)) if match else 0
+
+
+@dataclass
+class SAEConfig:
+    """What cfg.json says about an SAE. Fields are checked only when it is made, so
+    prefer dataclasses.replace to assigning a field."""
+
+    d_in: int
+    """Width of the activations the SAE reads (the model's hidden size at hook_name)."""
+    d_sae: int
+    """Number of features."""
+    architecture: str = "standard"
+    """standard | topk | jumprelu | gated (the SAELens names)."""
+    apply_b_dec_to_input: bool = True
+    """Subtract b_dec from the (normalised) input before encoding."""
+    normalize_activations: str = "none"
+    """none | expected_average_only_in | constant_norm_rescale | layer_norm. The first two
+    do nothing at run time (fold an expected_average_only_in factor in with
+    fold_activation_norm_scaling_factor); the last two rescale each token and decode
+    undoes it."""
+    k: int | None = None
+    """topk only: features kept per token."""
+    rescale_acts_by_decoder_norm: bool = False
+    """topk only: rank features by pre-activation * ||W_dec[i]||; decode divides it out."""
+    dtype: str = "float32"
+    """Parameter dtype; "torch.float32"-style strings are accepted and stored short."""
+    hook_name: str = ""
+    """SAELens hook name, e.g. "blocks.15.hook_resid_post" (metadata.hook_name on disk)."""
+    model_name: str = ""
+    """metadata.model_name on disk."""
+    metadata: dict = field(default_factory=dict)
+    """Every other cfg.json metadata entry, kept as read for the round trip."""
+
+    def __post_init__(self) -> None:
+        self.dtype = dtype_name(self.dtype)
+        for name in ("d_in", "d_sae"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise SAEError(f"{name} must be a positive int, got {value!r}; fix cfg.json")
+        if self.architecture not in ARCHITECTURES:
+            raise SAEError(
+                f"unknown SAE architecture {self.architecture!r}; supported: "
+                f"{', '.join(ARCHITECTURES)}. SAELens transcoders and training-only kinds "
+                "are not supported (SAELens saves batchtopk SAEs as jumprelu)."
+            )
+        if self.normalize_activations not in NORMALIZATIONS:
+            raise SAEError(
+                f"unsupported normalize_activations {self.normalize_activations!r}; "
+                f"supported: {', '.join(NORMALIZATIONS)}. For covariance_whitening, fold the "
+                "whitening into the weights with SAELens's fold_activation_whitening first."
+            )
+        if self.architecture == "topk":
+            if isinstance(self.k, bool) or not isinstance(self.k, int) or not 0 < self.k <= self.d_sae:
+                raise SAEError(f"topk needs an int k in 1..d_sae={self.d_sae}, got k={self.k!r}")
+        elif self.k is not None or self.rescale_acts_by_decoder_norm:
+            raise SAEError(
+                f"k and rescale_acts_by_decoder_norm only apply to topk SAEs, not "
+                f"{self.architecture!r}; leave them unset"
+            )
+
+    def to_dict(self) -> dict:
+        """The SAELens v6 cfg.json dict."""
+        metadata = dict(self.metadata)
+        if _major_version(metadata.get("sae_lens_version")) < 6:
+            metadata["sae_lens_version"] = SAE_LENS_FORMAT_VERSION
+        metadata.setdefault("sae_lens_training_version", None)
+        # SAELens writes null for an unknown model or hook.
+        metadata["model_name"] = self.model_name or None
+        metadata["hook_name"] = self.hook_name or None
+        d = {
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "dtype": self.dtype,
+            "device": "cpu",  # every loader overrides it
+            "apply_b_dec_to_input": self.apply_b_dec_to_input,
+            "normalize_activations": self.normalize_activations,
+            "reshape_activations": "none",
+            "metadata": metadata,
+            "architecture": self.architecture,
+        }
+        if self.architecture == "topk":
+            d["k"] = self.k
+            d["rescale_acts_by_decoder_norm"] = self.rescale_acts_by_decoder_norm
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SAEConfig:
+        """Read a cfg.json dict (v6, or pre-6.0 converted as SAELens does); unknown keys are ignored."""
+        if not isinstance(d, dict):
+            raise SAEError(f"cfg.json must hold a JSON object, got {type(d).__name__}")
+        if _is_pre_6_0(d):
+            d = convert_pre_6_0_config(d)
+        if d.get("reshape_activations") == "hook_z":
+            raise SAEError(
+                "hook_z SAEs (attention outputs reshaped from [..., n_heads, d_head]) are not "
+                "supported; choose a residual-stream or MLP-output SAE"
+            )
+        missing = [key for key in ("d_in", "d_sae") if key not in d]
+        if missing:
+            raise SAEError(f"cfg.json lacks {missing}; every SAELens config has d_in and d_sae")
+        architecture = d.get("architecture", "standard")
+        topk = architecture == "topk"
+        metadata = dict(d.get("metadata") or {})
+        hook_name = metadata.pop("hook_name", None) or ""
+        model_name = metadata.pop("model_name", None) or ""
+        # Drop what to_dict adds by default, so from_dict(to_dict()) is the identity; a
+        # pre-6.0 version number no longer describes the (converted) config either.
+        version = metadata.get("sae_lens_version")
+        if version == SAE_LENS_FORMAT_VERSION or _major_version(version) < 6:
+            metadata.pop("sae_lens_version", None)
+        if "sae_lens_training_version" in metadata and metadata["sae_lens_training_version"] is None:
+            del metadata["sae_lens_training_version"]
+        return cls(
+            d_in=d["d_in"],
+            d_sae=d["d_sae"],
+            architecture=architecture,
+            apply_b_dec_to_input=bool(d.get("apply_b_dec_to_input", True)),
+            normalize_activations=d.get("normalize_activations") or "none",
+            k=d.get("k", 100) if topk else None,  # 100 is SAELens's TopKSAEConfig default
+            rescale_acts_by_decoder_norm=bool(d.get("rescale_acts_by_decoder_norm", False)) and topk,
+            dtype=str(d.get("dtype", "float32")),
+            hook_name=hook_name,
+            model_name=model_name,
+            metadata=metadata,
+        )
+
+
+def _is_pre_6_0(d: dict) -> bool:
+    version = d.get("sae_lens_version") or (d.get("metadata") or {}).get("sae_lens_version")
+    return _major_version(version) < 6
+
+
+def convert_pre_6_0_config(d: dict) -> dict:
+    """A pre-6.0 cfg.json dict in v6 form, as SAELens's handle_pre_6_0_config makes it."""
+    renames = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index",
+               "activation_fn_str": "activation_fn"}
+    new = {renames.get(key, key): value for key, value in d.items()}
+    new.setdefault("prepend_bos", True)
+    new.setdefault("apply_b_dec_to_input", True)
+    new.setdefault("sae_lens_training_version", None)
+    new.setdefault("activation_fn", "relu")
+    new.setdefault("architecture", "standard")
+    new.setdefault("neuronpedia_id", None)
+    new.setdefault("reshape_activations", "hook_z" if "hook_z" in (new.get("hook_name") or "") else "none")
+    topk_k = (new.get("activation_fn_kwargs") or {}).get("k")
+    if new["activation_fn"] == "topk" and topk_k is not None:
+        new["architecture"] = "topk"
+        new["k"] = topk_k
+    elif new["activation_fn"] not in ("relu", "topk"):
+        log.warning("legacy activation_fn %r is read as ReLU, as SAELens does", new["activation_fn"])
+    if isinstance(new.get("normalize_activations"), bool):
+        new["normalize_activations"] = "expected_average_only_in" if new["normalize_activations"] else "none"
+    new["normalize_activations"] = new.get("normalize_activations") or "none"
+    out = {key: new[key] for key in _V6_TOP_LEVEL_KEYS if key in new}
+    out["metadata"] = {key: value for key, value in new.items() if key in _LEGACY_METADATA_KEYS}
+    out["architecture"] = new["architecture"]
+    return out
+
