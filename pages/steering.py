@@ -148,7 +148,7 @@ def compare(ws, prompt: str, ivs, settings) -> None:
         st.error("No feature is steered. Fix: add at least one feature above.")
     elif clicked:
         with shown_as_message("generate the completions") as outcome:
-            cut = completions.prompt_cut(ws, prompt, settings.chat)
+            cut = completions.prompt_cut(ws, prompt, settings)
             completions.cut_notice(notice, cut)
             clean = completions.earlier_clean(ws, history, prompt, settings)
             boxes[1 if clean else 0].caption("waiting for the model…")
@@ -184,7 +184,7 @@ def sweep(ws, prompt: str, ivs, settings) -> None:
         others = [iv for iv in ivs if iv.feature != feature]
         rows = [others] + [others + [Intervention(feature, "clamp", v, relative)] for v in values]
         with shown_as_message("run the sweep") as outcome:
-            cut = completions.prompt_cut(ws, prompt, settings.chat)
+            cut = completions.prompt_cut(ws, prompt, settings)
             with st.spinner(f"Generating {len(rows)} completions in one batch…"):
                 done = generate_rows(ws.lm, ws.sae, prompt, rows, settings, ws.max_acts())
         if outcome.failed:

@@ -10,7 +10,7 @@ import streamlit as st
 
 from explorer import render
 from explorer.activations import MAX_PROMPT_TOKENS, encode_prompt
-from explorer.steering import SteeringResult, completion, first_difference, stream_rows
+from explorer.steering import GenerationSettings, SteeringResult, completion, first_difference, stream_rows
 from explorer.tokens import token_strings
 from explorer.workspace import Workspace
 from ui.workspace import ws_key
@@ -68,10 +68,10 @@ def result_diff(ws: Workspace, result: SteeringResult) -> None:
                              result.diverge_at))
 
 
-def prompt_cut(ws: Workspace, prompt: str, chat: bool) -> int | None:
+def prompt_cut(ws: Workspace, prompt: str, settings: GenerationSettings) -> int | None:
     """The prompt's token count when generation cuts it (explorer.steering reads the
     first MAX_PROMPT_TOKENS, as encode_prompt does), else None."""
-    return encode_prompt(ws.lm, prompt, chat)[1]
+    return encode_prompt(ws.lm, prompt, settings.chat)[1]
 
 
 def cut_notice(box, truncated_from: int | None) -> None:
