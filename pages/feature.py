@@ -16,7 +16,7 @@ from ui import cache, links
 from ui.errors import shown_as_message
 from ui.features import feature_md, feature_name, label
 from ui.router import PAGES, run_page
-from ui.workspace import NO_INDEX, current_workspace
+from ui.workspace import NO_INDEX
 
 PAGE = "feature"
 
@@ -154,11 +154,10 @@ def export_panel(ws, feature: int) -> None:
 
 
 def feature_page() -> None:
-    st.title("Feature card")
-    ws = current_workspace()
-    if ws is None:
+    opened = links.open_page(PAGE, "Feature card")
+    if opened is None:
         return
-    state, fresh = links.link(PAGE, ws)
+    ws, state, fresh = opened
     if ws.index is None:
         st.info(NO_INDEX)
         return

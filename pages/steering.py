@@ -11,7 +11,7 @@ from ui import completions, links
 from ui.errors import shown_as_message
 from ui.features import feature_md, feature_name, label, max_act, md
 from ui.router import run_page
-from ui.workspace import current_workspace, ws_key
+from ui.workspace import ws_key
 
 PAGE = "steering"
 DEFAULT_PROMPT = "My favourite thing to do on a sunny day is"
@@ -19,11 +19,10 @@ MAX_HISTORY = 50  # runs kept per session
 
 
 def steering_page() -> None:
-    st.title("Steering")
-    ws = current_workspace()
-    if ws is None:
+    opened = links.open_page(PAGE, "Steering")
+    if opened is None:
         return
-    state, fresh = links.link(PAGE, ws)
+    ws, state, fresh = opened
     if fresh and (state.steer or state.prompt):
         load_link(ws, state)
     if ws.index is None:

@@ -8,6 +8,17 @@ from explorer.links import LinkState, parse_links
 from explorer.workspace import Workspace
 from ui.features import feature_md
 from ui.router import PAGES
+from ui.workspace import current_workspace
+
+
+def open_page(page: str, title: str) -> tuple[Workspace, LinkState, bool] | None:
+    """How a page with deep links starts: its title, the session's workspace
+    (None when nothing is loaded; the page then shows nothing more) and its link."""
+    st.title(title)
+    ws = current_workspace()
+    if ws is None:
+        return None
+    return (ws, *link(page, ws))
 
 
 def link(page: str, ws: Workspace) -> tuple[LinkState, bool]:
