@@ -12,6 +12,8 @@ Where things are:
 - finalise.py    PassState -> index folder: logit effects, neighbours, co-occurring
                  features, quantile groups, the example table, automatic labels;
 - reader.py      FeatureIndex and the cards it reads (FeatureCard, Example, QuantileBin).
+- integrity.py   the checks of a folder at open (manifest, sizes, array shapes) and by
+                 `explorer index --verify` (sha256 of every file).
 """
 
 from explorer.index.build import build_index
