@@ -207,6 +207,9 @@ def test_what_is_no_index_is_never_replaced_even_with_force(inputs, tmp_path, ki
         (out / "notes.txt").write_text("notes")
     with pytest.raises(ValueError, match="not a feature index"):
         build(inputs, out, force=True)
+    for unnamed in (".", "..", "/"):
+        with pytest.raises(ValueError, match="names no folder of its own"):
+            build(inputs, unnamed, force=True)
     assert (out.read_text() if kind == "file" else (out / "notes.txt").read_text()) == "notes"
 
 

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from explorer.files import make_dirs, remove_leftovers, replacing
+from explorer.files import FILE_MODE, make_dirs, remove_leftovers, replacing
 from explorer.hooks import run_to_hook
 from explorer.index.finalise import write_index
 from explorer.index.format import (
@@ -149,12 +149,12 @@ def _load_checkpoint(partial: Path, run: PassState, identity: dict) -> bool:
 
 
 @contextmanager
-def _writing(out: Path) -> Iterator[None]:
+def _output_lock(out: Path) -> Iterator[None]:
     """Hold the lock on index folder `out` for the block; IndexBusyError if another build has it."""
     lock = out.with_name(f".{out.name}.lock")
     make_dirs(out.parent)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -162,7 +162,8 @@ def _writing(out: Path) -> Iterator[None]:
             os.close(fd)
             raise IndexBusyError(f"Another `explorer index` is writing {out} (pid {holder}). "
                                  "Fix: wait for it to finish, or choose another --out") from None
-        # The holder we waited on removes the file before it lets go: then ours is stale, open anew.
+        # A build that ended between our open and our flock removed the file first; a lock on
+        # that removed file keeps no one out, so open the path anew.
         try:
             if os.stat(lock).st_ino == os.fstat(fd).st_ino:
                 break
@@ -174,7 +175,7 @@ def _writing(out: Path) -> Iterator[None]:
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
-        os.unlink(lock)
+        lock.unlink(missing_ok=True)  # before letting go, see above
         os.close(fd)
 
 
@@ -275,9 +276,11 @@ def build_index(
     tokens = np.asarray(windows.tokens)
     _check_inputs(tokens, sae, top_n, batch_size, checkpoint_every, hist_range)
     out = Path(out_dir).expanduser()
+    if out.name in ("", ".."):  # its lock, partial and temp folders are named after it
+        raise ValueError(f"{out_dir!r} names no folder of its own. Fix: pass one, e.g. {out / 'index'}")
     fingerprint = sae_path_fingerprint or _weights_fingerprint(sae)
     L, d = tokens.shape[1], sae.cfg.d_sae
-    with _writing(out):
+    with _output_lock(out):
         partial = out.with_name(out.name + PARTIAL_SUFFIX)
         remove_leftovers(out)  # temp folders of a build that was killed while writing
         remove_leftovers(partial / STATE_FILE)
