@@ -174,12 +174,28 @@ def cmd_index(args) -> None:
     from explorer.corpus import load_windows
     from explorer.index import build_index
 
+    if args.verify:
+        return check_index(args.verify)
+    if not (args.windows and args.out):
+        raise CliError("Building an index needs --windows and --out (or check one with --verify DIR)")
     ws = workspace(args, with_index=False)
     windows = load_windows(args.windows)
     if args.max_windows:
         windows = windows[: args.max_windows]
     print(build_index(ws.lm, ws.sae, windows, args.out, top_n=args.top_n, batch_size=args.batch_windows,
-                      sae_path_fingerprint=ws.sae_id))
+                      sae_path_fingerprint=ws.sae_id, force=args.force))
+
+
+def check_index(path: str) -> None:
+    """Print one line per problem of the index at `path` and exit 2 if there is any."""
+    from explorer.index.integrity import verify_index
+
+    problems = verify_index(path)
+    for line in problems:
+        print(line)
+    if problems:
+        raise SystemExit(2)
+    print(f"{path}: every file has the size and sha256 that the build recorded")
 
 
 def cmd_export(args) -> None:
@@ -314,9 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("index", help="build the feature index (examples, histograms, logits, neighbours)")
-    p.add_argument("--windows", required=True)
+    p.add_argument("--windows", help="windows file from `explorer windows` (needed to build)")
     p.add_argument("--max-windows", type=int)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", help="index folder to build or rebuild (needed to build)")
+    p.add_argument("--force", action="store_true", help="replace an index at --out that was built for another SAE")
+    p.add_argument("--verify", metavar="DIR", help="only check the index in DIR: every file's size and sha256 "
+                                                   "against its manifest; exit 2 on any problem")
     p.add_argument("--top-n", type=int, default=20, help="max-activating examples kept per feature")
     p.add_argument("--batch-windows", type=int, default=16)
     add_workspace_args(p, index=False)

@@ -293,8 +293,12 @@ def test_open_errors(setup, tmp_path):
         FeatureIndex.open(tmp_path / "nothing", lm.tokenizer)
     broken = tmp_path / "broken"
     broken.mkdir()
-    for name in ("manifest.json", "examples.safetensors", "windows.safetensors"):
+    for name in ("examples.safetensors", "windows.safetensors"):
         (broken / name).write_bytes((path / name).read_bytes())
+    # Without recorded sizes (an index built before they were), as tests/test_index_integrity.py checks those.
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["files"]
+    (broken / "manifest.json").write_text(json.dumps(manifest))
     (broken / "features.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(IndexFormatError, match="corrupt.*rebuild"):
         FeatureIndex.open(broken, lm.tokenizer)

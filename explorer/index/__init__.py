@@ -12,7 +12,9 @@ Where things are:
 - finalise.py    PassState -> index folder: logit effects, neighbours, co-occurring
                  features, quantile groups, the example table, automatic labels;
 - reader.py      FeatureIndex and the cards it reads (FeatureCard, Example, QuantileBin);
-- user_labels.py labels_user.json: user labels keyed to their SAE, never overwritten when unreadable.
+- user_labels.py labels_user.json: user labels keyed to their SAE, never overwritten when unreadable;
+- integrity.py   the checks of a folder at open (manifest, sizes, array shapes) and by
+                 `explorer index --verify` (sha256 of every file).
 """
 
 from explorer.index.build import build_index

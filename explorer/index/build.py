@@ -16,25 +16,35 @@ below the first batch's largest activation times HIST_HEADROOM, rounded up to a 
 Resume. Every `checkpoint_every` batches the running state goes to `<out_dir>.partial/`. A rerun
 with the same inputs (model, hook, SAE, corpus, settings) continues from it; with different
 inputs it refuses (IndexMismatchError) rather than mixing two corpora.
+
+One writer. A build holds an exclusive lock (flock) on `.<name>.lock` beside the output folder
+from its first check to its last write; a second build of the same folder refuses at once
+(IndexBusyError). The OS drops the lock when the process ends, however it ends. Under the
+lock, a build first removes what a killed build left (temp folders, the lock file), then
+refuses to replace an index of another SAE unless `force=True`, and a folder that is no
+index at all even then.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from explorer.files import remove_leftovers, replacing
+from explorer.files import FILE_MODE, make_dirs, remove_leftovers, replacing
 from explorer.hooks import run_to_hook
 from explorer.index.finalise import write_index
 from explorer.index.format import (
@@ -44,7 +54,9 @@ from explorer.index.format import (
     N_BINS,
     N_QUANTILES,
     SAMPLES_PER_BIN,
+    IndexBusyError,
     IndexFormatError,
+    IndexManifest,
     IndexMismatchError,
 )
 from explorer.index.pass_state import LOW32, PassState
@@ -136,6 +148,56 @@ def _load_checkpoint(partial: Path, run: PassState, identity: dict) -> bool:
     return True
 
 
+@contextmanager
+def _output_lock(out: Path) -> Iterator[None]:
+    """Hold the lock on index folder `out` for the block; IndexBusyError if another build has it."""
+    lock = out.with_name(f".{out.name}.lock")
+    make_dirs(out.parent)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise IndexBusyError(f"Another `explorer index` is writing {out} (pid {holder}). "
+                                 "Fix: wait for it to finish, or choose another --out") from None
+        # A build that ended between our open and our flock removed the file first; a lock on
+        # that removed file keeps no one out, so open the path anew.
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # before letting go, see above
+        os.close(fd)
+
+
+def _check_target(out: Path, fingerprint: str, force: bool) -> None:
+    """Refuse to replace what is not an index, or (unless `force`) an index of another SAE."""
+    if not out.exists():
+        return
+    if not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).is_file()):
+        raise ValueError(f"{out} exists and is not a feature index; a rebuild replaces the whole folder. "
+                         "Fix: pass a new folder, or an existing index folder to rebuild it")
+    if force or not (out / MANIFEST_FILE).is_file():
+        return
+    try:
+        old = IndexManifest.from_dict(json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8"))).sae_fingerprint
+    except ValueError as err:
+        raise IndexFormatError(f"{out} holds an index whose manifest cannot be read ({err}), so it may be of "
+                               "another SAE. Fix: choose another --out, or pass --force to replace it") from None
+    if old != fingerprint:
+        raise IndexMismatchError(f"{out} holds the index of another SAE ({old[:16]}, this one is "
+                                 f"{fingerprint[:16]}). Fix: choose another --out, or pass --force to replace it")
+
+
 def _check_inputs(tokens: np.ndarray, sae, top_n: int, batch_size: int, checkpoint_every: int,
                   hist_range: tuple[float, float] | None) -> None:
     if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
@@ -153,53 +215,11 @@ def _check_inputs(tokens: np.ndarray, sae, top_n: int, batch_size: int, checkpoi
         raise ValueError("the SAE has no hook_name; set it (e.g. blocks.15.hook_resid_post) before indexing")
 
 
-@torch.inference_mode()
-def build_index(
-    lm,
-    sae,
-    windows,
-    out_dir: str | Path,
-    top_n: int = 20,
-    batch_size: int = 16,
-    sae_path_fingerprint: str | None = None,
-    progress: bool = True,
-    *,
-    hist_range: tuple[float, float] | None = None,
-    checkpoint_every: int = CHECKPOINT_EVERY,
-    on_batch: Callable[[int], None] | None = None,
-) -> Path:
-    """Index `windows` (explorer.corpus.Windows) for every feature of `sae` on `lm`; returns out_dir.
-
-    `sae_path_fingerprint` identifies the SAE in the manifest (pass sae_fingerprint(path));
-    without it a hash of the SAE's weights is used. `hist_range` = (lo, hi) fixes the histogram
-    edges (the same for every shard of a split build); by default they come from the first batch.
-    `on_batch(batch_number)` runs after each batch (and its checkpoint): a progress hook.
-    """
-    tokens = np.asarray(windows.tokens)
-    _check_inputs(tokens, sae, top_n, batch_size, checkpoint_every, hist_range)
+def _run_pass(lm, sae, tokens: np.ndarray, run: PassState, bos: int | None, batch_size: int,
+              checkpoint_every: int, checkpoint: Callable[[], None], on_batch: Callable[[int], None] | None,
+              progress: bool) -> None:
+    """Fold the windows from `run.windows_done` on into `run`, batch by batch, checkpointing."""
     n_windows, L = tokens.shape
-    d = sae.cfg.d_sae
-    out = Path(out_dir).expanduser()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).is_file())):
-        raise ValueError(f"{out} exists and is not a feature index; a rebuild replaces the whole folder. "
-                         "Fix: pass a new folder, or an existing index folder to rebuild it")
-    partial = out.with_name(out.name + PARTIAL_SUFFIX)
-    remove_leftovers(out)  # temp folders of a build that was killed while writing
-    remove_leftovers(partial / STATE_FILE)
-    fingerprint = sae_path_fingerprint or _weights_fingerprint(sae)
-    bos = getattr(lm.tokenizer, "bos_token_id", None)
-    run = PassState(d, L, top_n, sae.device)
-    settings = {"top_n": top_n, "batch_size": batch_size, "n_bins": N_BINS, "hist_decades": HIST_DECADES,
-                "hist_range": list(hist_range) if hist_range else None, "n_quantiles": N_QUANTILES,
-                "samples_per_bin": SAMPLES_PER_BIN, "skip_bos_token_id": bos,
-                "cooccurrence": "dense" if run.dense_cooc else "sparse"}
-    identity = _identity(lm, sae, windows, fingerprint, settings)
-
-    _load_checkpoint(partial, run, identity)
-    if run.edges is None and hist_range is not None:
-        edges = np.geomspace(hist_range[0], hist_range[1], N_BINS + 1).astype(np.float32)
-        run.edges = torch.from_numpy(edges).to(sae.device)
-
     n_batches = math.ceil(n_windows / batch_size)
     bar = tqdm(total=int(n_windows * L), initial=run.windows_done * L, unit="tok", unit_scale=True,
                desc="indexing", disable=not progress)
@@ -223,15 +243,68 @@ def build_index(
         bar.set_postfix_str(f"{done_here / max(time.perf_counter() - started, 1e-9):,.0f} tok/s", refresh=False)
         last = number == n_batches - 1
         if ((number + 1) % checkpoint_every == 0 and not last) or (last and n_batches > checkpoint_every):
-            _save_checkpoint(partial, run, identity)
+            checkpoint()
         if on_batch is not None:
             on_batch(number)
     bar.close()
 
-    manifest = dict(identity)
-    manifest["n_tokens"] = run.n_tokens
-    manifest["settings"] = {**settings, "hist_edges": [float(e) for e in run.edges.cpu()]}
-    manifest["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    write_index(out, run, lm, sae, windows, manifest)
-    shutil.rmtree(partial, ignore_errors=True)
+
+@torch.inference_mode()
+def build_index(
+    lm,
+    sae,
+    windows,
+    out_dir: str | Path,
+    top_n: int = 20,
+    batch_size: int = 16,
+    sae_path_fingerprint: str | None = None,
+    progress: bool = True,
+    *,
+    hist_range: tuple[float, float] | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    on_batch: Callable[[int], None] | None = None,
+    force: bool = False,
+) -> Path:
+    """Index `windows` (explorer.corpus.Windows) for every feature of `sae` on `lm`; returns out_dir.
+
+    `sae_path_fingerprint` identifies the SAE in the manifest (pass sae_fingerprint(path));
+    without it a hash of the SAE's weights is used. `hist_range` = (lo, hi) fixes the histogram
+    edges (the same for every shard of a split build); by default they come from the first batch.
+    `on_batch(batch_number)` runs after each batch (and its checkpoint): a progress hook.
+    An index of another SAE already in `out_dir` is replaced only with `force=True`.
+    """
+    tokens = np.asarray(windows.tokens)
+    _check_inputs(tokens, sae, top_n, batch_size, checkpoint_every, hist_range)
+    out = Path(out_dir).expanduser()
+    if out.name in ("", ".."):  # its lock, partial and temp folders are named after it
+        raise ValueError(f"{out_dir!r} names no folder of its own. Fix: pass one, e.g. {out / 'index'}")
+    fingerprint = sae_path_fingerprint or _weights_fingerprint(sae)
+    L, d = tokens.shape[1], sae.cfg.d_sae
+    with _output_lock(out):
+        partial = out.with_name(out.name + PARTIAL_SUFFIX)
+        remove_leftovers(out)  # temp folders of a build that was killed while writing
+        remove_leftovers(partial / STATE_FILE)
+        _check_target(out, fingerprint, force)
+        bos = getattr(lm.tokenizer, "bos_token_id", None)
+        run = PassState(d, L, top_n, sae.device)
+        settings = {"top_n": top_n, "batch_size": batch_size, "n_bins": N_BINS, "hist_decades": HIST_DECADES,
+                    "hist_range": list(hist_range) if hist_range else None, "n_quantiles": N_QUANTILES,
+                    "samples_per_bin": SAMPLES_PER_BIN, "skip_bos_token_id": bos,
+                    "cooccurrence": "dense" if run.dense_cooc else "sparse"}
+        identity = _identity(lm, sae, windows, fingerprint, settings)
+
+        _load_checkpoint(partial, run, identity)
+        if run.edges is None and hist_range is not None:
+            edges = np.geomspace(hist_range[0], hist_range[1], N_BINS + 1).astype(np.float32)
+            run.edges = torch.from_numpy(edges).to(sae.device)
+
+        _run_pass(lm, sae, tokens, run, bos, batch_size, checkpoint_every,
+                  lambda: _save_checkpoint(partial, run, identity), on_batch, progress)
+
+        manifest = dict(identity)
+        manifest["n_tokens"] = run.n_tokens
+        manifest["settings"] = {**settings, "hist_edges": [float(e) for e in run.edges.cpu()]}
+        manifest["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        write_index(out, run, lm, sae, windows, manifest)
+        shutil.rmtree(partial, ignore_errors=True)
     return out

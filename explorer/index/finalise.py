@@ -3,8 +3,9 @@
 `write_index(out, run, lm, sae, windows, manifest)` computes what the pass does not need to
 stream (logit effects and decoder neighbours from the weights; co-occurrence partners,
 quantile groups and the example table from the pass state), adds the automatic labels, and
-writes the files named in explorer.index.format into a folder swapped in whole, carrying the
-user labels over (explorer.index.user_labels).
+writes the files named in explorer.index.format into a folder swapped in whole, the manifest
+last with the size and sha256 of every other file, carrying the user labels over
+(explorer.index.user_labels).
 
 Quantile groups. SAEDashboard's groups are equal-width over (0, max], but max is known only at
 the end, so the pass keeps a bottom-k sample per (feature, histogram bin). Here each group
@@ -48,6 +49,7 @@ from explorer.index.format import (
     WINDOW_ARRAYS,
     WINDOWS_FILE,
 )
+from explorer.index.integrity import file_records, manifest_text
 from explorer.index.pass_state import EMPTY, LOW32, PassState, decode_top_keys, smallest_per_group
 from explorer.index.reader import TokenText
 from explorer.index.user_labels import UserLabels, carry_over
@@ -295,7 +297,8 @@ def write_index(out: Path, run: PassState, lm, sae, windows, manifest: dict) -> 
         _save_arrays(tmp / WINDOWS_FILE, win, WINDOW_ARRAYS)
         (tmp / LABELS_AUTO_FILE).write_text(json.dumps({"method": "explorer.labels.auto_label", "labels": labels},
                                                        ensure_ascii=False, indent=0), encoding="utf-8")
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        # After the files it records (not the user labels: they change after the build).
+        (tmp / MANIFEST_FILE).write_text(manifest_text({**manifest, "files": file_records(tmp)}), encoding="utf-8")
         carry_over(out, tmp, manifest["sae_fingerprint"], d)  # user labels outlive rebuilds
     notice = UserLabels(out, manifest["sae_fingerprint"], d).notice()
     if notice:  # labels of another SAE were kept aside (now, or by an earlier rebuild)

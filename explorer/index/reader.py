@@ -1,8 +1,8 @@
 """Reading an index: `FeatureIndex` and the `FeatureCard` it reads for one feature.
 
-`FeatureIndex.open(path, tokenizer)` checks the manifest and maps the three safetensors files
-(explorer.index.format); `.card(feature)` reads that feature's rows from them (plus a few
-one-number-per-feature arrays, cached on first use). Labels (`label`, `set_label`; user labels
+`FeatureIndex.open(path, tokenizer)` checks the folder (explorer.index.integrity) and maps the
+three safetensors files (explorer.index.format); `.card(feature)` reads that feature's rows from
+them (plus a few one-number-per-feature arrays, cached on first use). Labels (`label`, `set_label`; user labels
 are kept by explorer.index.user_labels, `label_notice` says what is kept aside), `search` and
 `check_matches` (is this index for the loaded model and SAE?) read the same files.
 `TokenText` caches token strings per id; the build uses it too, for the automatic labels.
@@ -20,23 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from explorer.index.format import (
-    EXAMPLE_ARRAYS,
     EXAMPLES_FILE,
-    FEATURE_ARRAYS,
     FEATURES_FILE,
-    FORMAT_VERSION,
     LABELS_AUTO_FILE,
-    MANIFEST_FILE,
     N_KINDS,
     N_QUANTILES,
-    REBUILD_HINT,
-    WINDOW_ARRAYS,
     WINDOWS_FILE,
-    IndexFormatError,
     IndexManifest,
     IndexMismatchError,
 )
 from explorer.index.user_labels import UserLabels
+from explorer.index.integrity import open_checked
 from explorer.tokens import token_strings
 
 log = logging.getLogger(__name__)
@@ -113,22 +107,6 @@ class TokenText:
         return list(map(self._shown.__getitem__, self._ids(ids)))
 
 
-def _open_tensors(file: Path, keys: tuple[str, ...]):
-    from safetensors import safe_open
-
-    if not file.is_file():
-        raise IndexFormatError(f"The index file {file} is missing. {REBUILD_HINT}")
-    try:
-        handle = safe_open(str(file), framework="np")
-    except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
-        raise IndexFormatError(f"The index file {file} is corrupt ({err}). {REBUILD_HINT}") from None
-    missing = sorted(set(keys) - set(handle.keys()))
-    if missing:
-        raise IndexFormatError(f"The index file {file} lacks {missing}; it is from another version or damaged. "
-                               f"{REBUILD_HINT}")
-    return handle
-
-
 class FeatureIndex:
     """A built index, read lazily from memory-mapped safetensors files. Thread-safe for reading."""
 
@@ -147,24 +125,10 @@ class FeatureIndex:
 
     @classmethod
     def open(cls, path: str | Path, tokenizer) -> FeatureIndex:
+        """The index at `path`, checked as far as headers and small arrays go (IndexFormatError)."""
         path = Path(path).expanduser()
-        manifest_file = path / MANIFEST_FILE
-        if not manifest_file.is_file():
-            raise IndexFormatError(f"No feature index at {path} (no {MANIFEST_FILE}). {REBUILD_HINT}, "
-                                   "or pass the folder that holds manifest.json")
-        try:
-            raw = json.loads(manifest_file.read_text())
-            manifest = IndexManifest.from_dict(raw)
-        except (ValueError, TypeError) as err:
-            raise IndexFormatError(f"{manifest_file} is not a valid index manifest ({err}). {REBUILD_HINT}") from None
-        if manifest.format_version != FORMAT_VERSION:
-            raise IndexFormatError(f"The index at {path} has format version {manifest.format_version}, but this "
-                                   f"version of the explorer reads version {FORMAT_VERSION}. {REBUILD_HINT}")
-        features = _open_tensors(path / FEATURES_FILE, FEATURE_ARRAYS)
-        examples = _open_tensors(path / EXAMPLES_FILE, EXAMPLE_ARRAYS)
-        windows = _open_tensors(path / WINDOWS_FILE, WINDOW_ARRAYS)
-        if features.get_slice("count").get_shape() != [manifest.d_sae]:
-            raise IndexFormatError(f"{path / FEATURES_FILE} does not hold {manifest.d_sae} features. {REBUILD_HINT}")
+        manifest, handles = open_checked(path)
+        features, examples, windows = handles[FEATURES_FILE], handles[EXAMPLES_FILE], handles[WINDOWS_FILE]
         try:
             auto = json.loads((path / LABELS_AUTO_FILE).read_text(encoding="utf-8"))["labels"]
         except (OSError, ValueError, KeyError, TypeError):
