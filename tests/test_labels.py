@@ -69,9 +69,11 @@ def kit():
 
 
 def build(kit, path: Path, sae: str = "sae-a") -> FeatureIndex:
-    """Build (or rebuild) the index at `path` for SAE `sae`, and open it."""
+    """Build (or rebuild) the index at `path` for SAE `sae`, and open it. A rebuild for
+    another SAE is forced, as `explorer index --force` does."""
     lm, windows, saes = kit
-    build_index(lm, saes[sae], windows, path, top_n=4, batch_size=8, sae_path_fingerprint=sae, progress=False)
+    build_index(lm, saes[sae], windows, path, top_n=4, batch_size=8, sae_path_fingerprint=sae, progress=False,
+                force=True)
     return FeatureIndex.open(path, lm.tokenizer)
 
 
