@@ -419,6 +419,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
     except (CliError, ValueError) as err:
         # Library errors carry the problem and the fix in their message.
         fail(f"error: {err}", 2)

@@ -190,6 +190,17 @@ def test_arguments_that_are_not_utf8(model_dir):
                                          "Fix: pass prompts and paths as UTF-8 (check the terminal's or the script's encoding)")]
 
 
+def test_a_reader_that_stops_reading_is_not_an_error(model_dir):
+    # `explorer ... | head -1`: the pipe closes before the output is written
+    argv = [sys.executable, "-m", "explorer.cli", "activations", "hi", "--model", str(model_dir), "--sae", "random",
+            "--hook", HOOK]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 1
+    assert "Traceback" not in err and "Exception ignored" not in err and "error:" not in err, err
+
+
 def _interrupt(*args, **kwargs):
     raise KeyboardInterrupt
 
