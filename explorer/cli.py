@@ -402,7 +402,7 @@ def check_utf8(argv: list[str]) -> None:
                            "Fix: pass prompts and paths as UTF-8 (check the terminal's or the script's encoding)") from None
 
 
-def fail(line: str, code: int) -> None:
+def fail(line: str, code: int) -> typing.NoReturn:
     print(printable(line), file=sys.stderr)
     raise SystemExit(code)
 
