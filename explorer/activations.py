@@ -51,9 +51,12 @@ class TokenActivations:
 
 
 def encode_prompt(lm: LoadedModel, text: str, chat: bool = False, max_tokens: int = MAX_PROMPT_TOKENS) -> tuple[torch.Tensor, int | None]:
-    """Token ids [1, T] for a prompt, cut to `max_tokens`; also the original length if cut."""
+    """Token ids [1, T] for a prompt, cut to `max_tokens` (and to the model's
+    context length); also the original length if cut."""
     if not text or not text.strip():
         raise PromptError("The prompt is empty. Fix: type some text to analyse")
+    if lm.context_length:
+        max_tokens = min(max_tokens, lm.context_length)
     formatted = format_prompt(lm.tokenizer, text, chat)
     ids = lm.tokenizer(formatted, return_tensors="pt", add_special_tokens=not chat).input_ids
     bos = lm.tokenizer.bos_token_id
@@ -96,6 +99,8 @@ def token_activations(
     threshold: float = 0.0,
     max_tokens: int = MAX_PROMPT_TOKENS,
 ) -> TokenActivations:
+    if top_k < 1:
+        raise PromptError(f"top_k={top_k}: at least one feature per token must be kept. Fix: use a top_k of 1 or more")
     ids, truncated_from = encode_prompt(lm, text, chat, max_tokens)
     with lm.lock:
         x = run_to_hook(lm.model, sae.cfg.hook_name, ids)[0]

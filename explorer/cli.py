@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import errno
 import inspect
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +17,7 @@ import typing
 from pathlib import Path
 
 from explorer.settings import DEMO_HOOK, DEMO_MODEL, TrainConfig, env_settings
+from explorer.terminal import printable
 
 UNTRAINED_NOTE = "NOTE: this SAE is UNTRAINED (random weights of the right shape); its features mean nothing yet."
 # `explorer train` has one option per TrainConfig field, named after it (--lr for lr, --d-sae for
@@ -21,6 +25,9 @@ UNTRAINED_NOTE = "NOTE: this SAE is UNTRAINED (random weights of the right shape
 TRAIN_ALIASES = {"out_dir": "--out", "hook_name": "--hook", "expansion_factor": "--expansion"}
 # The command caches the activations itself, so it needs a hook where TrainConfig can take the cache's.
 TRAIN_CLI_DEFAULTS = {"hook_name": DEMO_HOOK}
+# Commands that keep their progress when stopped, and pick it up when run again.
+RESUMABLE = {"index", "train"}
+INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
 
 
 class CliError(Exception):
@@ -29,23 +36,37 @@ class CliError(Exception):
 
 def parse_intervention(spec: str, mode: str):
     """'12=3x' -> clamp feature 12 to 3x its max activation; '12=-5' -> absolute; '12' for ablate."""
-    from explorer.steering import Intervention
+    from explorer.steering import Intervention, check_value
 
     feature, _, value = spec.partition("=")
     try:
         feature_id = int(feature)
     except ValueError:
-        raise CliError(f"--{mode} {spec!r}: the feature must be an integer id, e.g. --{mode} 12=3x") from None
+        raise CliError(f"--{mode} {spec!r}: the feature must be a whole-number id. Fix: e.g. --{mode} 12=3x") from None
     if mode == "ablate":
         return Intervention(feature_id, "ablate", 0.0)
     if not value:
-        raise CliError(f"--{mode} {spec!r}: give a value, e.g. --{mode} {feature_id}=3x (3x max) or ={feature_id}=8.5")
+        raise CliError(f"--{mode} {spec!r} has no value. "
+                       f"Fix: e.g. --{mode} {feature_id}=3x (3x max) or --{mode} {feature_id}=8.5")
     relative = value.lower().endswith("x")
     try:
         number = float(value[:-1] if relative else value)
     except ValueError:
-        raise CliError(f"--{mode} {spec!r}: {value!r} is not a number (use e.g. 3x or 8.5)") from None
-    return Intervention(feature_id, mode, number, relative)
+        raise CliError(f"--{mode} {spec!r}: {value!r} is not a number. Fix: use e.g. 3x or 8.5") from None
+    iv = Intervention(feature_id, mode, number, relative)
+    check_value(iv)  # before the model loads, not after
+    return iv
+
+
+def count(text: str) -> int:
+    """argparse type: a whole number of 1 or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is less than 1")
+    return n
 
 
 def add_workspace_args(p: argparse.ArgumentParser, index: bool = True) -> None:
@@ -68,9 +89,9 @@ def workspace(args, with_index: bool = True):
     index = (args.index or env.index) if with_index else None
     ws = open_workspace(args.model or env.model, sae=args.sae or env.sae, index=index,
                         hook=args.hook, device=args.device, dtype=args.dtype)
-    print(ws.describe(), file=sys.stderr)
+    print(printable(ws.describe()), file=sys.stderr)
     if ws.index is not None and ws.index.label_notice:  # user labels kept aside: say where
-        print(ws.index.label_notice, file=sys.stderr)
+        print(printable(ws.index.label_notice), file=sys.stderr)
     if ws.untrained:
         print(UNTRAINED_NOTE, file=sys.stderr)
     return ws
@@ -88,28 +109,35 @@ def cmd_activations(args) -> None:
     ws = workspace(args)
     acts = token_activations(ws.lm, ws.sae, args.prompt, chat=args.chat, top_k=args.top)
     if acts.truncated_from:
-        print(f"(prompt cut from {acts.truncated_from} to {len(acts.tokens)} tokens)")
+        print(cut_note(acts.truncated_from, len(acts.tokens)))
     labels = ws.index.label if ws.index is not None else (lambda f: "")
     for pos, (tok, feats, vals) in enumerate(zip(acts.tokens, acts.features, acts.values)):
-        shown = ", ".join(f"#{f} {v:.2f}" + (f" ({labels(f)})" if labels(f) else "") for f, v in zip(feats[: args.top], vals))
-        print(f"{pos:4d} {tok[:16]:<16} {shown}")
+        shown = ", ".join(f"#{f} {v:.2f}" + (f" ({printable(labels(f))})" if labels(f) else "")
+                          for f, v in zip(feats[: args.top], vals))
+        print(f"{pos:4d} {printable(tok[:16]):<16} {shown}")
     if ws.untrained:
         print(UNTRAINED_NOTE)
 
 
+def cut_note(truncated_from: int, kept: int) -> str:
+    return f"(prompt cut from {truncated_from} to {kept} tokens)"
+
+
 def cmd_steer(args) -> None:
-    from explorer.steering import GenerationSettings, generate_pair
+    from explorer.steering import GenerationSettings, generate_pair, prompt_limit
 
     interventions = [parse_intervention(s, m) for m in ("clamp", "scale", "add", "ablate") for s in getattr(args, m) or []]
     if not interventions:
         raise CliError("Nothing to steer. Fix: add e.g. --clamp 12=3x or --ablate 12")
-    ws = workspace(args)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_p=args.top_p, seed=args.seed, chat=args.chat)
+    ws = workspace(args)
     result = generate_pair(ws.lm, ws.sae, args.prompt, interventions, settings, ws.max_acts())
+    if result.truncated_from:
+        print(cut_note(result.truncated_from, prompt_limit(ws.lm, settings)))
     width = max(30, (shutil.get_terminal_size().columns - 3) // 2)
-    left = textwrap.wrap(result.clean.text.replace("\n", " ↵ "), width) or [""]
-    right = textwrap.wrap(result.steered.text.replace("\n", " ↵ "), width) or [""]
+    left = textwrap.wrap(printable(result.clean.text.replace("\n", " ↵ ")), width) or [""]
+    right = textwrap.wrap(printable(result.steered.text.replace("\n", " ↵ ")), width) or [""]
     steer_names = ", ".join(iv.describe() for iv in interventions)
     print(f"{'UNCLAMPED':<{width}} | STEERED ({steer_names})")
     print("-" * width + "-+-" + "-" * width)
@@ -192,10 +220,10 @@ def check_index(path: str) -> None:
 
     problems = verify_index(path)
     for line in problems:
-        print(line)
+        print(printable(line))
     if problems:
         raise SystemExit(2)
-    print(f"{path}: every file has the size and sha256 that the build recorded")
+    print(printable(f"{path}: every file has the size and sha256 that the build recorded"))
 
 
 def cmd_export(args) -> None:
@@ -278,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("activations", help="print the top SAE features of every token of a prompt")
     p.add_argument("prompt")
-    p.add_argument("--top", type=int, default=5, help="features shown per token")
+    p.add_argument("--top", type=count, default=5, help="features shown per token")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     add_workspace_args(p)
     p.set_defaults(func=cmd_activations)
@@ -289,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{mode}", action="append", metavar="FEATURE=VALUE",
                        help=f"{mode} a feature, e.g. {example}; a value ending in x is a multiple of its max activation")
     p.add_argument("--ablate", action="append", metavar="FEATURE", help="set a feature to 0")
-    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--max-new-tokens", type=count, default=40)
     p.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
@@ -301,8 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("corpus", help="text file or folder, .jsonl, .csv, .parquet, or a saved `datasets` folder")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--field", default="text", help="text field / column")
-    p.add_argument("--window", type=int, default=128)
-    p.add_argument("--max-windows", type=int)
+    p.add_argument("--window", type=count, default=128)
+    p.add_argument("--max-windows", type=count)
     p.add_argument("--model", default=DEMO_MODEL, help="model whose tokenizer to use")
     p.set_defaults(func=cmd_windows)
 
@@ -311,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--held-out", type=float, default=0.05, help="fraction of windows held out for evaluation")
         if seed:  # train has TrainConfig's --seed, which seeds the split too
             p.add_argument("--seed", type=int, default=0, help="seeds the held-out split")
-        p.add_argument("--max-windows", type=int, help="use at most this many windows")
+        p.add_argument("--max-windows", type=count, help="use at most this many windows")
 
     p = sub.add_parser("train", help="train an SAE (TopK by default) on activations at a hook",
                        description="Cache the activations at a hook, then train an SAE on them. Both steps "
@@ -319,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     split_args(p, seed=False)
     p.add_argument("--model", default=DEMO_MODEL, help="model whose activations to train on (default: demo)")
     p.add_argument("--acts", required=True, help="activation cache folder (reused and resumed)")
-    p.add_argument("--batch-windows", type=int, default=16, help="windows per forward pass")
+    p.add_argument("--batch-windows", type=count, default=16, help="windows per forward pass")
     add_train_config_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -331,13 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="build the feature index (examples, histograms, logits, neighbours)")
     p.add_argument("--windows", help="windows file from `explorer windows` (needed to build)")
-    p.add_argument("--max-windows", type=int)
+    p.add_argument("--max-windows", type=count)
     p.add_argument("--out", help="index folder to build or rebuild (needed to build)")
     p.add_argument("--force", action="store_true", help="replace an index at --out that was built for another SAE")
     p.add_argument("--verify", metavar="DIR", help="only check the index in DIR: every file's size and sha256 "
                                                    "against its manifest; exit 2 on any problem")
-    p.add_argument("--top-n", type=int, default=20, help="max-activating examples kept per feature")
-    p.add_argument("--batch-windows", type=int, default=16)
+    p.add_argument("--top-n", type=count, default=20, help="max-activating examples kept per feature")
+    p.add_argument("--batch-windows", type=count, default=16)
     add_workspace_args(p, index=False)
     p.set_defaults(func=cmd_index)
 
@@ -355,14 +383,77 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What to do about an operating-system error, by its type; the first that matches wins.
+OS_ERROR_FIXES = [
+    (PermissionError, "choose a path you may use, or change its permissions"),
+    (IsADirectoryError, "give a file name, not a folder"),
+    (NotADirectoryError, "a part of the path is a file, not a folder: correct the path"),
+    (FileExistsError, "something else is at that path: choose another path, or move it away"),
+    (FileNotFoundError, "check the path"),
+]
+ERRNO_FIXES = {errno.ENOSPC: "free some disk space, or write elsewhere", errno.EROFS: "write to a writable disk",
+               errno.ENAMETOOLONG: "use a shorter name"}
+# The hidden temp sibling explorer.files writes first: `.NAME.<8 random chars>.tmp`.
+TEMP_SIBLING = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def os_error_line(err: OSError) -> str:
+    """'<what failed>: <path>. Fix: <what to do>' for an error of the operating system."""
+    if err.strerror is None:  # raised by our code, with its own message and fix
+        return str(err)
+    path = err.filename2 if err.filename2 is not None else err.filename
+    if path is not None:
+        path = Path(os.fsdecode(path))
+        temp = TEMP_SIBLING.match(path.name)
+        path = path.parent / temp["name"] if temp else path  # name the file the user asked for
+    fix = ERRNO_FIXES.get(err.errno) or next((f for kind, f in OS_ERROR_FIXES if isinstance(err, kind)),
+                                             "check the path and try again")
+    return f"{err.strerror}" + (f": {path}" if path is not None else "") + f". Fix: {fix}"
+
+
+def check_utf8(argv: list[str]) -> None:
+    """Python keeps bytes that are not UTF-8 as lone surrogates, which neither the
+    tokenizer nor the terminal can take: refuse them here, naming the bytes."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = arg.encode("utf-8", "surrogateescape")
+            raise CliError(f"The argument {raw!r} is not valid UTF-8 text. "
+                           "Fix: pass prompts and paths as UTF-8 (check the terminal's or the script's encoding)") from None
+
+
+def fail(line: str, code: int) -> typing.NoReturn:
+    print(printable(line), file=sys.stderr)
+    raise SystemExit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run one command. Every error a user can cause ends in one line on stderr,
+    `error: <problem>. Fix: <what to do>`, and exit code 2; Ctrl-C ends in
+    "interrupted" and exit code 130. Other exceptions are bugs, and keep their traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        check_utf8(argv)
+    except CliError as err:
+        fail(f"error: {err}", 2)
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (CliError, ValueError, FileNotFoundError) as err:
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+    except (CliError, ValueError) as err:
         # Library errors carry the problem and the fix in their message.
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(f"error: {err}", 2)
+    except BrokenPipeError:
+        # Whoever read our output stopped (`explorer ... | head`): nothing to tell them,
+        # and Python's own flush at exit must not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
+    except OSError as err:
+        fail(f"error: {os_error_line(err)}", 2)
+    except KeyboardInterrupt:
+        resume = "; run the same command again to resume" if args.command in RESUMABLE else ""
+        fail(f"interrupted{resume}", INTERRUPTED)
 
 
 if __name__ == "__main__":

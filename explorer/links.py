@@ -7,7 +7,8 @@ nothing here raises: every bad value becomes a readable problem in
 `LinkState.problems` and the default is used instead.
 
 Public names: `LinkState`, `parse_links`, `to_query`, `parse_steer`,
-`format_steer`, `LIMITS`, `VALUE_RANGES`.
+`format_steer`, `LIMITS`, and `VALUE_RANGES` (the steering module's, which
+the app's sliders use too).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from explorer.steering import MODES, GenerationSettings, Intervention
+from explorer.steering import (
+    MODES,
+    VALUE_RANGES,  # noqa: F401  (part of this module's API: the app's sliders read it here)
+    GenerationSettings,
+    Intervention,
+    SteeringError,
+    value_range,
+)
 
 _DEFAULTS = GenerationSettings()
 # (low, high, default) of each generation setting a link may carry
@@ -27,9 +35,6 @@ LIMITS: dict[str, tuple[float, float, float]] = {
     "seed": (0, 2**31 - 1, _DEFAULTS.seed),
 }
 _INTEGER = {"max_new_tokens", "seed"}
-# allowed steering values (the app's slider ranges): multiples of max activation,
-# absolute activations, scale factors
-VALUE_RANGES: dict[str, tuple[float, float]] = {"relative": (-20.0, 20.0), "absolute": (-10000.0, 10000.0), "scale": (-20.0, 20.0)}
 MAX_PROMPT_CHARS = 8000
 MAX_STEER_ITEMS = 16
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
@@ -93,13 +98,12 @@ def _steer_item(item: str, d_sae: int | None) -> tuple[Intervention | None, str 
     if value is None:
         return None, f"steer item '{item}': value '{parts[2]}' is not a number; skipped"
     if mode == "scale":  # already a factor: '2x' and '2' mean the same
-        kind, relative = "scale", False
-    else:
-        kind = "relative" if relative else "absolute"
-    low, high = VALUE_RANGES[kind]
+        relative = False
+    iv = Intervention(feature, mode, value, relative)
+    low, high = value_range(iv)
     if not low <= value <= high:
         return None, f"steer item '{item}': value {value:g} is outside {low:g}..{high:g}; skipped"
-    return Intervention(feature, mode, value, relative), None
+    return iv, None
 
 
 def parse_steer(text: str, d_sae: int | None = None) -> tuple[tuple[Intervention, ...], list[str]]:
@@ -140,6 +144,10 @@ def _setting(name: str, text: str) -> tuple[float, str | None]:
         return default, f"{name} '{text}' is not a whole number; using {default:g}"
     if not low <= value <= high:
         return default, f"{name} {value:g} is outside {low:g}..{high:g}; using {default:g}"
+    try:  # the steering module's own rule, e.g. no temperature between 0 and 0.01
+        GenerationSettings(**{name: int(value) if name in _INTEGER else value})
+    except SteeringError as err:
+        return default, f"{name} {value:g}: {err}; using {default:g}"
     return value, None
 
 

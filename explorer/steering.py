@@ -11,17 +11,28 @@ decoding step is steered, the KV-cached ones included.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 import torch
 
-from explorer.activations import encode_prompt
+from explorer.activations import MAX_PROMPT_TOKENS, encode_prompt
 from explorer.hooks import hooked
 from explorer.model import LoadedModel, new_cache
 from explorer.sae import SAE
 
 MODES = ("clamp", "scale", "add", "ablate")
+# The steering values anyone may ask for, in the app, in a deep link or on the
+# command line: multiples of a feature's max activation, activation units, scale
+# factors. Far beyond them the edited feature swamps the residual stream and the
+# model writes end-of-text garbage; further still float32 overflows to inf.
+VALUE_RANGES: dict[str, tuple[float, float]] = {"relative": (-20.0, 20.0), "absolute": (-1e4, 1e4), "scale": (-20.0, 20.0)}
+MAX_NEW_TOKENS = 2048
+# Below 0.01 sampling is greedy decoding in all but name, and far below it the
+# scaled logits overflow float32 (1e-30 gives inf, then NaN probabilities).
+TEMPERATURE_RANGE = (0.01, 100.0)
+SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
 class SteeringError(ValueError):
@@ -42,14 +53,51 @@ class Intervention:
         return f"{self.mode} #{self.feature} {self.value:g}{unit}"
 
 
+def value_range(iv: Intervention) -> tuple[float, float]:
+    """The (low, high) an intervention's own value must lie in (VALUE_RANGES)."""
+    if iv.mode == "scale":  # a factor, whether written 2 or 2x
+        return VALUE_RANGES["scale"]
+    return VALUE_RANGES["relative" if iv.relative else "absolute"]
+
+
+def check_value(iv: Intervention) -> None:
+    """Raise SteeringError unless the intervention's own value is finite and in range."""
+    if iv.mode == "ablate":
+        return
+    value = float(iv.value)
+    if not math.isfinite(value):
+        raise SteeringError(f"Value for feature {iv.feature} is not a finite number. Fix: give a number such as 8.5 or 3x")
+    low, high = value_range(iv)
+    if not low <= value <= high:
+        unit = " x max activation" if iv.relative and iv.mode != "scale" else ""
+        raise SteeringError(f"{iv.describe()}: the value {value:g} is outside {low:g}..{high:g}{unit}. "
+                            f"Fix: use a value in {low:g}..{high:g}")
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
+    """How to decode; invalid values raise SteeringError at construction."""
+
     max_new_tokens: int = 32
     temperature: float = 0.0  # 0 means greedy
     top_p: float = 1.0
     seed: int = 0
     stop_at_eos: bool = True
     chat: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS or self.max_new_tokens != int(self.max_new_tokens):
+            raise SteeringError(f"max_new_tokens={self.max_new_tokens} is not a whole number in 1..{MAX_NEW_TOKENS}. "
+                                f"Fix: ask for 1 to {MAX_NEW_TOKENS} new tokens")
+        low, high = TEMPERATURE_RANGE
+        if not (self.temperature == 0 or low <= self.temperature <= high):  # NaN fails both
+            raise SteeringError(f"temperature={self.temperature:g} is neither 0 nor in {low:g}..{high:g}. "
+                                f"Fix: use 0 for greedy decoding, or a temperature in {low:g}..{high:g} such as 0.7")
+        if not 0 < self.top_p <= 1:
+            raise SteeringError(f"top_p={self.top_p:g} is not in (0, 1]. Fix: use a value above 0 and at most 1, such as 0.9")
+        low, high = SEED_RANGE
+        if not low <= self.seed <= high or self.seed != int(self.seed):
+            raise SteeringError(f"seed={self.seed} is not a whole number in {low}..{high}. Fix: use a seed such as 0 or 42")
 
 
 @dataclass(frozen=True)
@@ -66,6 +114,7 @@ class SteeringResult:
     clean: Completion
     steered: Completion
     diverge_at: int | None  # index of the first generated token that differs
+    truncated_from: int | None = None  # the prompt's token count when it was cut (prompt_limit)
 
 
 @dataclass(frozen=True)
@@ -84,9 +133,8 @@ def resolve(interventions: list[Intervention], d_sae: int, max_acts: Mapping[int
             raise SteeringError(f"Unknown mode {iv.mode!r}. Fix: use one of {', '.join(MODES)}")
         if not 0 <= iv.feature < d_sae:
             raise SteeringError(f"Feature {iv.feature} does not exist. Fix: pick a feature in 0..{d_sae - 1}")
+        check_value(iv)
         value = float(iv.value)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise SteeringError(f"Value for feature {iv.feature} is not a finite number")
         if iv.relative and iv.mode in ("clamp", "add"):
             if not max_acts or iv.feature not in max_acts:
                 raise SteeringError(
@@ -94,6 +142,12 @@ def resolve(interventions: list[Intervention], d_sae: int, max_acts: Mapping[int
                     "Fix: load a feature index, or give an absolute value"
                 )
             value *= max_acts[iv.feature]
+            low, high = VALUE_RANGES["absolute"]
+            if not low <= value <= high:  # also refuses NaN and inf from a bad max activation
+                raise SteeringError(
+                    f"{iv.describe()} is {value:g} activation units (max activation {max_acts[iv.feature]:g}), "
+                    f"outside {low:g}..{high:g}. Fix: use a smaller multiple, or an absolute value"
+                )
         out.append(_Resolved(iv.feature, iv.mode, 0.0 if iv.mode == "ablate" else value))
     return out
 
@@ -144,13 +198,17 @@ def _sample(logits: torch.Tensor, settings: GenerationSettings, gens: list[torch
     return torch.cat([torch.multinomial(probs[i], 1, generator=gens[i]) for i in range(len(gens))])
 
 
-def _check(settings: GenerationSettings) -> None:
-    if not 1 <= settings.max_new_tokens <= 2048:
-        raise SteeringError("max_new_tokens must be between 1 and 2048")
-    if settings.temperature < 0:
-        raise SteeringError("temperature must be 0 (greedy) or positive")
-    if not 0 < settings.top_p <= 1:
-        raise SteeringError("top_p must be in (0, 1]")
+def prompt_limit(lm: LoadedModel, settings: GenerationSettings) -> int:
+    """How many prompt tokens a generation keeps: MAX_PROMPT_TOKENS, or fewer
+    when the prompt and the new tokens would not fit in the model's context."""
+    context = lm.context_length
+    if context is None:
+        return MAX_PROMPT_TOKENS
+    room = context - settings.max_new_tokens
+    if room < 2:  # BOS and one token of text
+        raise SteeringError(f"max_new_tokens={settings.max_new_tokens} leaves no room for the prompt in this model's "
+                            f"context of {context} tokens. Fix: ask for at most {context - 2} new tokens")
+    return min(MAX_PROMPT_TOKENS, room)
 
 
 @torch.inference_mode()
@@ -166,10 +224,10 @@ def stream_rows(
     yield, per step, the new token of every row (None once a row has ended).
 
     Holds the model's lock until the generator finishes or is closed: close it
-    (e.g. `contextlib.closing`) when you stop reading early."""
-    _check(settings)
+    (e.g. `contextlib.closing`) when you stop reading early. A prompt longer than
+    `prompt_limit` is cut to it (`prompt_truncation` says whether it was)."""
     resolved = [resolve(r, sae.cfg.d_sae, max_acts) for r in rows]
-    ids, _ = encode_prompt(lm, prompt, settings.chat)
+    ids, _ = encode_prompt(lm, prompt, settings.chat, prompt_limit(lm, settings))
     ids = ids.repeat(len(rows), 1)
     gens = [torch.Generator(device=lm.device).manual_seed(settings.seed) for _ in rows]
     eos = lm.tokenizer.eos_token_id
@@ -200,6 +258,11 @@ def completion(lm: LoadedModel, ids: list[int], settings: GenerationSettings) ->
     eos = lm.tokenizer.eos_token_id
     shown = ids[:-1] if settings.stop_at_eos and ids and ids[-1] == eos else ids
     return Completion(token_ids=ids, text=lm.tokenizer.decode(shown, skip_special_tokens=False))
+
+
+def prompt_truncation(lm: LoadedModel, prompt: str, settings: GenerationSettings) -> int | None:
+    """The prompt's token count when a generation cuts it (to `prompt_limit`), else None."""
+    return encode_prompt(lm, prompt, settings.chat, prompt_limit(lm, settings))[1]
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -236,4 +299,5 @@ def generate_pair(
         clean=clean,
         steered=steered,
         diverge_at=first_difference(clean.token_ids, steered.token_ids),
+        truncated_from=prompt_truncation(lm, prompt, settings),
     )

@@ -2,6 +2,7 @@
 
 import pytest
 
+from explorer import links, steering
 from explorer.links import (
     LIMITS,
     LinkState,
@@ -63,6 +64,7 @@ def test_round_trip():
         ({"max_new_tokens": "2.5"}, ["whole number"]),
         ({"max_new_tokens": "100000"}, ["outside 1..256"]),
         ({"temperature": "-1"}, ["temperature -1", "outside"]),
+        ({"temperature": "1e-30"}, ["temperature 1e-30", "greedy", "using 0"]),  # once NaN probabilities
         ({"top_p": "0"}, ["top_p 0", "outside"]),
         ({"seed": "x"}, ["seed 'x'"]),
         ({"chat": "maybe"}, ["chat 'maybe'"]),
@@ -99,3 +101,8 @@ def test_unknown_keys_and_no_d_sae():
 def test_format_steer_scale_has_no_x():
     assert format_steer([Intervention(1, "scale", 2.0, relative=True)]) == "1:scale:2"
     assert set(LIMITS) == {"max_new_tokens", "temperature", "top_p", "seed"}
+
+
+def test_links_take_the_steering_modules_value_ranges():
+    # one rule for the app's sliders, links and the command line
+    assert links.VALUE_RANGES is steering.VALUE_RANGES

@@ -5,10 +5,11 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from explorer.activations import encode_prompt
+from explorer.activations import encode_prompt, token_activations
 from explorer.hooks import hooked, run_to_hook
 from explorer.sae import random_sae
 from explorer.steering import (
+    VALUE_RANGES,
     GenerationSettings,
     Intervention,
     SteeringError,
@@ -177,3 +178,45 @@ def test_bad_settings_are_explained(lm, sae):
         generate_rows(lm, sae, "x", [[]], GenerationSettings(max_new_tokens=0))
     with pytest.raises(SteeringError, match="top_p"):
         generate_rows(lm, sae, "x", [[]], GenerationSettings(top_p=0))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("temperature", float("nan")), ("temperature", float("inf")), ("temperature", -1.0), ("temperature", 1e-30),
+    ("top_p", float("nan")), ("top_p", 0.0), ("seed", -1), ("seed", 2**64), ("max_new_tokens", 0), ("max_new_tokens", 2.5),
+])
+def test_settings_are_checked_when_made(field, value):
+    with pytest.raises(SteeringError, match=rf"{field}=.*\. Fix: "):
+        GenerationSettings(**{field: value})
+
+
+@pytest.mark.parametrize("iv, max_acts, message", [
+    (Intervention(5, "clamp", 1e300), None, "outside -10000..10000"),
+    (Intervention(5, "add", -2e4), None, "outside -10000..10000"),
+    (Intervention(5, "scale", 1e30), None, "outside -20..20"),
+    (Intervention(5, "clamp", 25.0, relative=True), {5: 1.0}, "outside -20..20"),
+    (Intervention(5, "clamp", 20.0, relative=True), {5: 1000.0}, "20000 activation units"),  # 20x a big max
+    (Intervention(5, "clamp", 2.0, relative=True), {5: float("inf")}, "inf activation units"),
+    (Intervention(5, "add", 2.0, relative=True), {5: float("nan")}, "nan activation units"),
+])
+def test_values_have_one_cap_everywhere(sae, iv, max_acts, message):
+    assert VALUE_RANGES["absolute"] == (-1e4, 1e4)  # the app's cap
+    with pytest.raises(SteeringError, match=message):
+        resolve([iv], sae.cfg.d_sae, max_acts)
+
+
+def test_a_sweep_value_of_1e300_is_refused_not_a_runtime_error(lm, sae):
+    settings = GenerationSettings(max_new_tokens=2, temperature=0.7)
+    with pytest.raises(SteeringError, match="outside"):
+        generate_rows(lm, sae, "x", [[], [Intervention(5, "clamp", 1e300)]], settings)
+
+
+def test_prompts_are_cut_to_the_models_context():
+    gpt2 = tiny_model("gpt2", seed=2)  # learned positions: position 256 does not exist
+    small = random_sae(gpt2.d_model, 64, architecture="standard", hook_name=HOOK, seed=3)
+    acts = token_activations(gpt2, small, "ab" * 200)
+    assert (len(acts.tokens), acts.truncated_from) == (256, 401)  # BOS + 400 bytes
+    pair = generate_pair(gpt2, small, "ab" * 200, [Intervention(3, "ablate")], GenerationSettings(max_new_tokens=6))
+    assert pair.truncated_from == 401
+    assert generate_pair(gpt2, small, "ab", [Intervention(3, "ablate")], GenerationSettings(max_new_tokens=6)).truncated_from is None
+    with pytest.raises(SteeringError, match="no room for the prompt"):
+        generate_rows(gpt2, small, "ab", [[]], GenerationSettings(max_new_tokens=300))
