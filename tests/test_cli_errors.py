@@ -247,7 +247,7 @@ def test_activations_escape_prompt_tokens_and_labels(capsys, monkeypatch, ws_arg
     real = open_workspace
 
     def with_labels(*args, **kwargs):
-        index = types.SimpleNamespace(label=lambda f: f"dog{ESCAPES}\r", manifest=types.SimpleNamespace(n_tokens=0))
+        index = types.SimpleNamespace(label=lambda f: f"dog{ESCAPES}\r", label_notice="", manifest=types.SimpleNamespace(n_tokens=0))
         return dataclasses.replace(real(*args, **kwargs), index=index)
 
     monkeypatch.setattr("explorer.workspace.open_workspace", with_labels)
