@@ -9,8 +9,8 @@ import time
 import streamlit as st
 
 from explorer import render
-from explorer.activations import MAX_PROMPT_TOKENS, encode_prompt
-from explorer.steering import GenerationSettings, SteeringResult, completion, first_difference, stream_rows
+from explorer.steering import (GenerationSettings, SteeringResult, completion, first_difference, prompt_limit,
+                               prompt_truncation, stream_rows)
 from explorer.tokens import token_strings
 from explorer.workspace import Workspace
 from ui.workspace import ws_key
@@ -68,14 +68,14 @@ def result_diff(ws: Workspace, result: SteeringResult) -> None:
                              result.diverge_at))
 
 
-def prompt_cut(ws: Workspace, prompt: str, settings: GenerationSettings) -> int | None:
-    """The prompt's token count when generation cuts it (explorer.steering reads the
-    first MAX_PROMPT_TOKENS, as encode_prompt does), else None."""
-    return encode_prompt(ws.lm, prompt, settings.chat)[1]
+def prompt_cut(ws: Workspace, prompt: str, settings: GenerationSettings) -> tuple[int, int] | None:
+    """(the prompt's tokens, the tokens kept) when generation cuts it, else None."""
+    n = prompt_truncation(ws.lm, prompt, settings)
+    return None if n is None else (n, prompt_limit(ws.lm, settings))
 
 
-def cut_notice(box, truncated_from: int | None) -> None:
+def cut_notice(box, cut: tuple[int, int] | None) -> None:
     """Say in `box` (st itself, or an st.empty) that the prompt was cut, when it was."""
-    if truncated_from:
-        box.warning(f"The prompt has {truncated_from:,} tokens; only the first {MAX_PROMPT_TOKENS} were used.",
+    if cut:
+        box.warning(f"The prompt has {cut[0]:,} tokens; only the first {cut[1]:,} were used.",
                     icon=":material/content_cut:")
