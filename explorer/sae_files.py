@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import zipfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -47,10 +48,27 @@ def _folder_hint(folder: Path) -> str:
         return " It looks like a Gemma Scope SAE: use load_gemma_scope_npz(path, hook_name=...)."
     if (folder / "sae.safetensors").is_file():
         return " It looks like an EleutherAI sparsify SAE, which load_sae does not read."
-    below = sorted(p.parent.relative_to(folder).as_posix() for p in folder.glob("*/**/" + CFG_FILENAME))
+    below = _sae_folders_below(folder)
     if below:
         return f" SAE folders below it: {', '.join(below[:10])}; pass one of those."
     return ""
+
+
+def _sae_folders_below(folder: Path, max_depth: int = 3, max_folders: int = 2000) -> list[str]:
+    """SAE folders (holding cfg.json) under `folder`, at most `max_depth` levels down.
+    A bounded walk that follows no symlinks: a mistyped path such as `/` costs a
+    moment, and nothing outside `folder` is listed."""
+    found = []
+    for seen, (root, dirs, files) in enumerate(os.walk(folder)):  # os.walk follows no links by default
+        depth = len(Path(root).relative_to(folder).parts)
+        if depth and CFG_FILENAME in files:
+            found.append(Path(root).relative_to(folder).as_posix())
+        if seen >= max_folders:
+            break
+        dirs.sort()
+        if depth >= max_depth:
+            dirs.clear()
+    return sorted(found)
 
 
 def _sae_folder(path: str | Path) -> Path:

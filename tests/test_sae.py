@@ -590,3 +590,17 @@ def test_decode_change_equals_difference_of_decodes(architecture, cfg_kw):
     f_new[:, 6] *= 3.0
     want = sae.decode(f_new, like=x) - sae.decode(f, like=x)
     torch.testing.assert_close(sae.decode_change(f, f_new, [2, 6], like=x), want, atol=1e-5, rtol=1e-5)
+
+
+def test_folder_hints_follow_no_links_and_stay_shallow(tmp_path):
+    """The hint lists SAE folders under the path only: not through a symlink that
+    leads out of it, and not past a few levels (a mistyped `/` must not walk the disk)."""
+    save_sae(random_sae(2, 3), tmp_path / "outside" / "secret_sae")
+    (tmp_path / "asked").mkdir()
+    (tmp_path / "asked" / "link").symlink_to(tmp_path / "outside")
+    save_sae(random_sae(2, 3), tmp_path / "asked" / "a" / "b" / "c" / "d" / "deep_sae")
+    save_sae(random_sae(2, 3), tmp_path / "asked" / "near" / "sae")
+    with pytest.raises(SAEError) as err:
+        load_sae(tmp_path / "asked")
+    assert "near/sae" in str(err.value)
+    assert "secret_sae" not in str(err.value) and "deep_sae" not in str(err.value)
