@@ -144,6 +144,8 @@ def attribute(
     `position` indexes the prompt's tokens, BOS included; negative counts from
     the end. `target`: the actual next token by default, or at the prompt's last
     token the model's top prediction. `versus`: score logit(target) - logit(versus)."""
+    if top < 1:
+        raise AttributionError(f"top is {top}; it counts the features listed per direction. Fix: use 1 or more")
     ids, _ = encode_prompt(lm, text, chat, max_tokens)
     first = 1 if ids[0, 0].item() == lm.tokenizer.bos_token_id else 0
     pos = _position(position, ids.shape[1], first)

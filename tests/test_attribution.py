@@ -163,6 +163,18 @@ def test_packed_cpu_layout_gives_the_same_scores(one_thread):
     assert got.error_share == pytest.approx(want.error_share, rel=1e-4, abs=1e-5)
 
 
+def test_half_precision_model_with_a_float32_sae(one_thread):
+    # the GPU case: the model in bfloat16, the SAE in float32; the splice must not change the forward pass
+    lm = tiny_model(seed=5)
+    lm.model.to(torch.bfloat16)
+    sae = random_sae(lm.d_model, 48, architecture="topk", k=8, hook_name=HOOK, seed=6)
+    result = attribute(lm, sae, PROMPT, position=5, versus="x")
+    ids, _ = encode_prompt(lm, PROMPT)
+    assert result.metric == metric(lm, ids, 5, result.target, result.versus)
+    assert result.positive and result.negative
+    assert all(torch.isfinite(torch.tensor(s.score)) for s in result.positive + result.negative)
+
+
 def test_runs_under_inference_mode(one_thread, lm_sae):
     lm, sae = lm_sae
     want = attribute(lm, sae, PROMPT, position=4)
@@ -189,6 +201,11 @@ def test_bad_tokens_say_how_to_fix(token, message):
     with pytest.raises(AttributionError, match=message) as err:
         token_id(tiny_model().tokenizer, token)
     assert "Fix:" in str(err.value)
+
+
+def test_top_must_be_positive(lm_sae):
+    with pytest.raises(AttributionError, match="Fix: use 1 or more"):
+        attribute(*lm_sae, PROMPT, top=0)
 
 
 @pytest.mark.parametrize("position, why", [(0, "BOS"), (8, "outside"), (-8, "BOS"), (-9, "outside")])
