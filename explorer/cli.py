@@ -149,6 +149,29 @@ def cmd_steer(args) -> None:
         print(UNTRAINED_NOTE)
 
 
+def cmd_attribute(args) -> None:
+    from explorer.attribution import attribute
+
+    ws = workspace(args)
+    result = attribute(ws.lm, ws.sae, args.prompt, position=args.position, target=args.target,
+                       versus=args.versus, chat=args.chat, top=args.top)
+    labels = ws.index.label if ws.index is not None else (lambda f: "")
+    metric = f"logit of {result.target_token!r}"
+    if result.versus is not None:
+        metric += f" minus logit of {result.versus_token!r}"
+    print(f"Position {result.position} {result.tokens[result.position]!r}: {metric} = {result.metric:.3f}")
+    for title, scores in (("Pushes towards", result.positive), ("Pushes against", result.negative)):
+        print(f"\n{title}:")
+        for s in scores:
+            label = f"  ({labels(s.feature)})" if labels(s.feature) else ""
+            print(f"  {s.score:+9.4f}  #{s.feature} at {s.position} {result.tokens[s.position]!r} "
+                  f"(activation {s.activation:.2f}){label}")
+    print(f"\nAll features {result.features_total:+.4f}, SAE error term {result.error_share:+.4f}, "
+          f"decoder bias {result.bias_share:+.4f}")
+    if ws.untrained:
+        print(UNTRAINED_NOTE)
+
+
 def cmd_windows(args) -> None:
     from explorer.corpus import read_documents, save_windows, tokenize_windows
     from explorer.model import load_model
@@ -324,6 +347,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     add_workspace_args(p)
     p.set_defaults(func=cmd_steer)
+
+    p = sub.add_parser("attribute", help="rank the features that push the logit of a token up or down")
+    p.add_argument("prompt")
+    p.add_argument("--position", type=int, default=-1,
+                   help="token position whose next-token logit is explained; BOS is 0, negative counts from the end "
+                        "(default: the last token)")
+    p.add_argument("--target", help="the token to explain, as text (' Paris') or id:123 "
+                                    "(default: the actual next token, or the model's top prediction at the end)")
+    p.add_argument("--versus", help="a second token: explain logit(target) - logit(versus)")
+    p.add_argument("--top", type=int, default=10, help="features listed per direction")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    add_workspace_args(p)
+    p.set_defaults(func=cmd_attribute)
 
     p = sub.add_parser("windows", help="tokenize a corpus into fixed-length windows")
     p.add_argument("corpus", help="text file or folder, .jsonl, .csv, .parquet, or a saved `datasets` folder")

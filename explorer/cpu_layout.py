@@ -27,7 +27,7 @@ PACK_BATCH_HINT = 64
 
 
 class PackedLinear(nn.Module):
-    """y = x @ W.T + b with W in oneDNN's packed layout (CPU, fp32, inference only)."""
+    """y = x @ W.T + b with W in oneDNN's packed layout (CPU, fp32; gradients reach the input only)."""
 
     def __init__(self, linear: nn.Linear, keep_weight: bool = False):
         super().__init__()
@@ -41,10 +41,37 @@ class PackedLinear(nn.Module):
             self.weight = linear.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        if x.requires_grad and torch.is_grad_enabled():
+            return _PackedLinearFunction.apply(x, self)
+        return _packed_linear(x, self)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The weight as a plain [out, in] tensor (a copy unless the plain weight was kept)."""
+        return self.weight if hasattr(self, "weight") else self.packed.to_dense()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, layout=oneDNN packed"
+
+
+def _packed_linear(x: torch.Tensor, linear: PackedLinear) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, linear.packed, linear.bias, "none", [], "")
+
+
+class _PackedLinearFunction(torch.autograd.Function):
+    """The packed op with a backward to its input (attribution needs one).
+
+    oneDNN's op has no autograd formula: torch warns and then silently returns
+    no gradient through it. Weights are frozen, so only the input's gradient
+    is computed, from the weight unpacked for the backward pass only."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, linear: PackedLinear) -> torch.Tensor:
+        ctx.linear = linear
+        return _packed_linear(x, linear)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad @ ctx.linear.dense_weight().to(grad.dtype), None
 
 
 def can_pack() -> bool:

@@ -4,15 +4,17 @@ import pandas as pd
 import streamlit as st
 
 from explorer.activations import MAX_PROMPT_TOKENS
+from explorer.attribution import attribute
 from explorer.links import MAX_PROMPT_CHARS
 from ui import cache, charts, links
 from ui.errors import shown_as_message
-from ui.features import feature_name, label, max_act
+from ui.features import feature_md, feature_name, label, max_act, md
 from ui.router import PAGES, run_page
-from ui.workspace import current_workspace
+from ui.workspace import current_workspace, ws_key
 
 PAGE = "activations"
 N_HEATMAP = 20
+N_ATTRIBUTED = 10  # features listed per direction
 
 
 def activations_page() -> None:
@@ -36,6 +38,7 @@ def activations_page() -> None:
     links.write_link(PAGE, {"prompt": run[0], **({"chat": "1"} if run[1] else {}), "feature": str(feature)})
     highlighted_tokens(ws, acts, feature, run[0])
     token_panel(ws, acts, feature)
+    attribution_panel(ws, acts, *run)
     chart_tabs(ws, acts, [f for f, _ in ranked[:N_HEATMAP]])
 
 
@@ -103,6 +106,59 @@ def token_panel(ws, acts, feature: int) -> None:
     table = pd.DataFrame({"feature": feats, "activation": vals, "label": [label(ws, f) for f in feats]})
     st.dataframe(table, hide_index=True, width="stretch")
     links.feature_links(ws, list(zip(feats[:8], vals[:8])), key="token_feature_links")
+
+
+def attribution_panel(ws, acts, prompt: str, chat: bool) -> None:
+    """Which features made a token: built only while open, and run only on request
+    (a backward pass costs about two forward passes)."""
+    box = st.expander("Which features made the next token?", key="attr_open", on_change="rerun",
+                      icon=":material/account_tree:")
+    if not box.open:
+        return
+    first = 1 if acts.token_ids[0] == ws.lm.tokenizer.bos_token_id else 0
+    last = len(acts.tokens) - 1
+    if st.session_state.get("attr_pos", first) not in range(first, last + 1):  # a shorter prompt since
+        del st.session_state["attr_pos"]
+    with box, st.form("attr_form", border=False):
+        pos = st.selectbox("Explain the token predicted after", range(first, last + 1), index=last - first,
+                           key="attr_pos", format_func=lambda i: f"{i}: {acts.tokens[i]}")
+        target = st.text_input("Target token", key="attr_target", placeholder="the actual next token",
+                               help="One token; a leading space counts (type ␣ or a space), or an id as id:123.")
+        versus = st.text_input("Versus (optional)", key="attr_versus", placeholder="e.g. ␣Paris",
+                               help="Explain logit(target) − logit(versus): why the target rather than this token.")
+        submitted = st.form_submit_button("Attribute", icon=":material/account_tree:")
+    request = (ws_key(ws), prompt, chat, pos, target, versus)
+    if submitted:
+        with box, shown_as_message("attribute the token") as outcome:
+            result = attribute(ws.lm, ws.sae, prompt, pos, target or None, versus or None, chat=chat,
+                               top=N_ATTRIBUTED)
+        if outcome.failed:
+            return
+        st.session_state["attr_result"] = (request, result)
+    saved = st.session_state.get("attr_result")
+    if saved is not None and saved[0] == request:
+        with box:
+            attribution_lists(ws, saved[1], prompt, chat)
+
+
+def attribution_lists(ws, result, prompt: str, chat: bool) -> None:
+    versus = f" − logit of {md(result.versus_token)}" if result.versus is not None else ""
+    st.caption(f"Logit of {md(result.target_token)}{versus} after token {result.position} = {result.metric:.3f}. "
+               "Each feature's score is its activation × the gradient of that logit by it (the SAE spliced in, its "
+               f"error kept). All features: {result.features_total:+.3f}; SAE error term: {result.error_share:+.3f}; "
+               f"decoder bias: {result.bias_share:+.3f}.")
+    # Steering from the analysed token shows what the feature does to the very next token.
+    query = {"prompt": prompt, "chat": "1"} if chat else {"prompt": result.prompt_prefix}
+    lists = (("up", "Pushes towards", result.positive), ("down", "Pushes against", result.negative))
+    for column, (name, title, scores) in zip(st.columns(2), lists):
+        column.markdown(f"**{title} {md(result.target_token)}**")
+        for i, s in enumerate(scores):
+            with column.container(horizontal=True, key=f"attr_{name}_{i}"):
+                st.page_link(PAGES["feature"], query_params={"feature": str(s.feature)}, disabled=ws.index is None,
+                             label=f"{s.score:+.3f} {feature_md(ws, s.feature)} on {md(result.tokens[s.position])}")
+                value = "3x" if max_act(ws, s.feature) is not None else f"{3 * s.activation:.3g}"
+                st.page_link(PAGES["steering"], label="steer", icon=":material/tune:",
+                             query_params={**query, "steer": f"{s.feature}:clamp:{value}"})
 
 
 def chart_tabs(ws, acts, top: list[int]) -> None:
