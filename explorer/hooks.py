@@ -165,6 +165,21 @@ def value_vectors(model: torch.nn.Module, layer: int, x: torch.Tensor) -> torch.
     return v.view(n_kv, d_head).repeat_interleave(n_heads // n_kv, dim=0).reshape(-1)
 
 
+def residual_directions(model: torch.nn.Module, hook_name: str, directions: torch.Tensor) -> torch.Tensor:
+    """Directions (n, width) at `hook_name` as directions in the residual stream: attn.hook_z's
+    go through attention's output projection, without its bias; the other hooks' already are.
+    (Gemma 2's post-attention norm after that projection is not applied: it is not linear.)"""
+    point = parse_hook(model, hook_name)
+    if point.kind != "attn.hook_z":
+        return directions
+    proj = hook_module(model, point)
+    param = next(model.parameters())
+    with torch.no_grad():
+        d = directions.to(device=param.device, dtype=param.dtype)
+        out = proj(d) - proj(torch.zeros_like(d[:1]))  # called, not read: packed CPU layouts work too
+    return out.to(device=directions.device, dtype=directions.dtype)
+
+
 # An edit takes the activation [batch, seq, d] and returns a replacement, or None to keep it.
 Edit = Callable[[torch.Tensor], torch.Tensor | None]
 
