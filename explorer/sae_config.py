@@ -4,7 +4,10 @@ Public names: SAEError, SAEConfig, convert_pre_6_0_config, parse_dtype, dtype_na
 ARCHITECTURES, NORMALIZATIONS.
 
 SAEConfig.from_dict reads v6 dicts and converts pre-6.0 ones the way SAELens's
-handle_pre_6_0_config does; to_dict writes v6. Files are read and written in
+handle_pre_6_0_config does; to_dict writes v6. from_dict also states
+metadata.model_from_pretrained_kwargs as SAELens reads it today (flags over
+from_pretrained_no_processing) for SAEs trained when SAELens meant from_pretrained's
+defaults (explorer.tl_processing reads the flags). Files are read and written in
 sae_files.py; this module knows dicts only.
 """
 

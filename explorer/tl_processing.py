@@ -29,8 +29,8 @@ downstream both models compute the same thing (logits up to center_unembed's con
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 from torch import Tensor

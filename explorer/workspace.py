@@ -17,7 +17,7 @@ from explorer.model import DEMO_MODEL, LoadedModel, load_model
 from explorer.sae import SAE, check_compatible, random_sae
 from explorer.sae_files import load_gemma_scope_npz, load_sae, sae_fingerprint
 from explorer.settings import DEMO_HOOK
-from explorer.tl_processing import describe
+from explorer.tl_processing import TLProcessing, describe
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,10 @@ class Workspace:
     def describe(self) -> str:
         trained = "UNTRAINED random SAE" if self.untrained else f"SAE {self.sae_source}"
         index = "no index" if self.index is None else f"index of {self.index.manifest.n_tokens:,} tokens"
+        processing = TLProcessing.from_metadata(self.sae.cfg.metadata)
+        processed = f", TransformerLens-processed ({processing.describe()})" if processing.on() else ""
         return (f"{self.lm.name} on {self.lm.device} ({str(self.lm.dtype).removeprefix('torch.')}), "
-                f"{self.hook_name}, {trained} (d_sae {self.sae.cfg.d_sae}), {index}")
+                f"{self.hook_name}, {trained} (d_sae {self.sae.cfg.d_sae}){processed}, {index}")
 
 
 def open_sae(lm: LoadedModel, sae: str | None, hook: str | None = None, d_sae: int | None = None, seed: int = 0) -> tuple[SAE, str, str]:

@@ -32,13 +32,27 @@ from explorer.activations import encode_prompt, token_activations
 from explorer.corpus import Windows
 from explorer.cpu_layout import can_pack, optimise_for_cpu
 from explorer.evaluate import evaluate_sae
-from explorer.hooks import HOOK_KINDS, hook_module, hook_width, hooked, parse_hook, run_to_hook
+from explorer.hooks import (
+    HOOK_KINDS,
+    hook_module,
+    hook_width,
+    hooked,
+    parse_hook,
+    run_to_hook,
+)
 from explorer.index import FeatureIndex, build_index
 from explorer.model import LoadedModel
 from explorer.sae import SAE, SAEConfig, SAEError, build_sae
-from explorer.sae_files import load_sae
-from explorer.steering import GenerationSettings, Intervention, generate_rows, resolve, row_edit
+from explorer.sae_files import load_sae, save_sae
+from explorer.steering import (
+    GenerationSettings,
+    Intervention,
+    generate_rows,
+    resolve,
+    row_edit,
+)
 from explorer.tl_processing import SAESpace, TLProcessing, describe, sae_space
+from explorer.workspace import Workspace, open_sae
 
 FIXTURES = Path(__file__).parent / "fixtures" / "transformerlens"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
@@ -355,6 +369,21 @@ def test_describe_says_what_each_flag_does_here():
     assert "value bias (LayerNorm bias folded in) subtracted" in line
     assert describe(gpt2.model, SAEConfig(16, 8, hook_name="blocks.0.attn.hook_z")) == \
         "TransformerLens processing: none (raw activations)"
+
+
+def test_workspace_says_so_and_refuses_what_it_cannot_honour(tmp_path):
+    lm = fixture_model("gpt2")
+    save_sae(case_sae("gpt2", "from_pretrained", "blocks.1.attn.hook_z"), tmp_path / "z")
+    sae, source, sae_id = open_sae(lm, str(tmp_path / "z"))
+    assert sae.cfg.reshape_activations == "hook_z"
+    ws = Workspace(lm=lm, sae=sae, sae_source=source, sae_id=sae_id, index=None)
+    assert "TransformerLens-processed (fold_ln, center_writing_weights, center_unembed, fold_value_biases)" \
+        in ws.describe()
+    cfg = json.loads((tmp_path / "z" / "cfg.json").read_text())
+    cfg["metadata"]["model_from_pretrained_kwargs"]["refactor_factored_attn_matrices"] = True
+    (tmp_path / "z" / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(SAEError, match="refactor_factored_attn_matrices"):
+        open_sae(lm, str(tmp_path / "z"))
 
 
 # ---- attn.hook_z on every supported architecture --------------------------------------------

@@ -36,7 +36,6 @@ from tqdm.auto import tqdm
 
 from explorer.files import remove_leftovers, replacing
 from explorer.hooks import run_to_hook
-from explorer.tl_processing import sae_space
 from explorer.index.finalise import write_index
 from explorer.index.format import (
     FORMAT_VERSION,
@@ -49,6 +48,7 @@ from explorer.index.format import (
     IndexMismatchError,
 )
 from explorer.index.pass_state import LOW32, PassState
+from explorer.tl_processing import sae_space
 
 log = logging.getLogger(__name__)
 
