@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from explorer.corpus import Windows
 from explorer.files import make_dirs, replacing, write_json
-from explorer.hooks import run_to_hook
+from explorer.hooks import hook_width, parse_hook, run_to_hook
 from explorer.model import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,8 @@ def _new_manifest(lm: LoadedModel, hook_name: str, windows: Windows, skip_first:
     bos_id = getattr(lm.tokenizer, "bos_token_id", None)
     tokens = np.ascontiguousarray(windows.tokens)
     return {
-        "format": FORMAT_VERSION, "hook_name": hook_name, "model_name": lm.name, "d_in": lm.d_model,
+        "format": FORMAT_VERSION, "hook_name": hook_name, "model_name": lm.name,
+        "d_in": hook_width(lm.model, parse_hook(lm.model, hook_name)),
         "dtype": "float16", "context_size": int(tokens.shape[1]), "skip_first": skip_first,
         "prepend_bos": bool(bos_id is not None and (tokens[:, 0] == bos_id).all()),
         "n_windows": len(windows), "windows_per_shard": windows_per_shard,

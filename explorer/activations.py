@@ -14,6 +14,7 @@ import torch
 from explorer.hooks import run_to_hook
 from explorer.model import LoadedModel, format_prompt
 from explorer.sae import SAE
+from explorer.tl_processing import sae_space
 from explorer.tokens import token_strings
 
 MAX_PROMPT_TOKENS = 512
@@ -103,7 +104,8 @@ def token_activations(
         raise PromptError(f"top_k={top_k}: at least one feature per token must be kept. Fix: use a top_k of 1 or more")
     ids, truncated_from = encode_prompt(lm, text, chat, max_tokens)
     with lm.lock:
-        x = run_to_hook(lm.model, sae.cfg.hook_name, ids)[0]
+        # in the SAE's own space (TransformerLens processing, see tl_processing.py)
+        x = sae_space(lm.model, sae.cfg).to_sae(run_to_hook(lm.model, sae.cfg.hook_name, ids)[0])
     x = x.to(sae.dtype)
     f = sae.encode(x)
     x_hat = sae.decode(f, like=x)

@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 
 from explorer import metrics
 from explorer.corpus import Windows
-from explorer.hooks import hooked
+from explorer.hooks import hook_width, hooked, parse_hook
 from explorer.model import LoadedModel
 from explorer.sae import SAE, check_compatible
+from explorer.tl_processing import sae_space
 
 DENSE_THRESHOLD = 0.1  # a feature firing on more than 10% of tokens counts as dense
 
@@ -102,7 +103,7 @@ def evaluate_sae(lm: LoadedModel, sae: SAE, windows: Windows, batch_size: int = 
     if not hook_name:
         raise EvalError("The SAE's config names no hook (cfg.hook_name is empty). "
                         "Fix: set it with dataclasses.replace(sae.cfg, hook_name=...) and rebuild the SAE.")
-    check_compatible(sae, lm.d_model, hook_name)
+    check_compatible(sae, hook_width(lm.model, parse_hook(lm.model, hook_name)), hook_name)
     if len(windows) == 0:
         raise EvalError("No windows to evaluate on. Fix: pass held-out windows (split_windows).")
     context = windows.tokens.shape[1]
@@ -144,16 +145,17 @@ def _score_batch(lm: LoadedModel, sae: SAE, hook_name: str, ids: Tensor, skip: i
 
     with hooked(lm.model, {hook_name: record}):
         clean = lm.model(ids, use_cache=False).logits
-    x = captured[0][:, skip:].to(sae.device)  # (batch, scored positions, d_in)
+    space = sae_space(lm.model, sae.cfg)  # the SAE's input space (TransformerLens processing)
+    x = space.to_sae(captured[0])[:, skip:].to(sae.device)  # (batch, scored positions, d_in)
     f = sae.encode(x)
     x_hat = sae.decode(f, like=x)
     # The forward up to the hook is the same in every pass, so the clean x's reconstruction
     # is what the SAE would produce there.
     spliced = _replaced_from(skip, x_hat)
     zeroed = _replaced_from(skip, torch.zeros_like(x_hat))
-    with hooked(lm.model, {hook_name: spliced}):
+    with hooked(lm.model, {hook_name: space.wrap(spliced)}):
         with_sae = lm.model(ids, use_cache=False).logits
-    with hooked(lm.model, {hook_name: zeroed}):
+    with hooked(lm.model, {hook_name: space.wrap(zeroed)}):
         with_zero = lm.model(ids, use_cache=False).logits
 
     flat_f = f.reshape(-1, f.shape[-1])  # (tokens, d_sae)

@@ -4,7 +4,10 @@ Public names: SAEError, SAEConfig, convert_pre_6_0_config, parse_dtype, dtype_na
 ARCHITECTURES, NORMALIZATIONS.
 
 SAEConfig.from_dict reads v6 dicts and converts pre-6.0 ones the way SAELens's
-handle_pre_6_0_config does; to_dict writes v6. Files are read and written in
+handle_pre_6_0_config does; to_dict writes v6. from_dict also states
+metadata.model_from_pretrained_kwargs as SAELens reads it today (flags over
+from_pretrained_no_processing) for SAEs trained when SAELens meant from_pretrained's
+defaults (explorer.tl_processing reads the flags). Files are read and written in
 sae_files.py; this module knows dicts only.
 """
 
@@ -23,6 +26,7 @@ log = logging.getLogger(__name__)
 SAE_LENS_FORMAT_VERSION = "6.0.0"
 
 ARCHITECTURES = ("standard", "topk", "jumprelu", "gated")
+RESHAPES = ("none", "hook_z")
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
 _DTYPES = {
     "float32": torch.float32,
@@ -38,6 +42,12 @@ _LEGACY_METADATA_KEYS = frozenset({
     "sae_lens_training_version", "hook_name_out", "hook_head_index_out", "hf_hook_name",
     "hf_hook_name_out",
 })
+# SAELens passed model_from_pretrained_kwargs to HookedTransformer.from_pretrained, every
+# processing flag on by default, until 3.19.2, and to from_pretrained_no_processing since
+# (SAELens PR #279, "fix: centre writing weights defaults").
+_NO_PROCESSING_SINCE = (3, 19, 2)
+_FROM_PRETRAINED_DEFAULTS = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True,
+                             "fold_value_biases": True}
 _V6_TOP_LEVEL_KEYS = (
     "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
     "reshape_activations", "k", "rescale_acts_by_decoder_norm",
@@ -68,6 +78,11 @@ def _major_version(version: object) -> int:
     return int(match.group(1)) if match else 0
 
 
+def _version(version: object) -> tuple[int, int, int] | None:
+    match = re.match(r"\s*v?(\d+)(?:\.(\d+))?(?:\.(\d+))?", str(version or ""))
+    return tuple(int(part or 0) for part in match.groups()) if match else None
+
+
 @dataclass
 class SAEConfig:
     """What cfg.json says about an SAE. Fields are checked only when it is made, so
@@ -90,6 +105,9 @@ class SAEConfig:
     """topk only: features kept per token."""
     rescale_acts_by_decoder_norm: bool = False
     """topk only: rank features by pre-activation * ||W_dec[i]||; decode divides it out."""
+    reshape_activations: str = "none"
+    """none | hook_z: SAELens flattens attn.hook_z's (..., n_heads, d_head) to (..., n_heads * d_head);
+    our attn.hook_z activations come flat already, so it changes nothing at run time."""
     dtype: str = "float32"
     """Parameter dtype; "torch.float32"-style strings are accepted and stored short."""
     hook_name: str = ""
@@ -117,6 +135,12 @@ class SAEConfig:
                 f"supported: {', '.join(NORMALIZATIONS)}. For covariance_whitening, fold the "
                 "whitening into the weights with SAELens's fold_activation_whitening first."
             )
+        if self.reshape_activations not in RESHAPES or (
+                self.reshape_activations == "hook_z" and self.hook_name and not self.hook_name.endswith("hook_z")):
+            raise SAEError(
+                f"reshape_activations={self.reshape_activations!r} with hook {self.hook_name!r}: use 'none', or "
+                "'hook_z' for an SAE at blocks.L.attn.hook_z"
+            )
         if self.architecture == "topk":
             if isinstance(self.k, bool) or not isinstance(self.k, int) or not 0 < self.k <= self.d_sae:
                 raise SAEError(f"topk needs an int k in 1..d_sae={self.d_sae}, got k={self.k!r}")
@@ -142,7 +166,7 @@ class SAEConfig:
             "device": "cpu",  # every loader overrides it
             "apply_b_dec_to_input": self.apply_b_dec_to_input,
             "normalize_activations": self.normalize_activations,
-            "reshape_activations": "none",
+            "reshape_activations": self.reshape_activations,
             "metadata": metadata,
             "architecture": self.architecture,
         }
@@ -156,19 +180,15 @@ class SAEConfig:
         """Read a cfg.json dict (v6, or pre-6.0 converted as SAELens does); unknown keys are ignored."""
         if not isinstance(d, dict):
             raise SAEError(f"cfg.json must hold a JSON object, got {type(d).__name__}")
-        if _is_pre_6_0(d):
+        pre_6_0 = _is_pre_6_0(d)
+        if pre_6_0:
             d = convert_pre_6_0_config(d)
-        if d.get("reshape_activations") == "hook_z":
-            raise SAEError(
-                "hook_z SAEs (attention outputs reshaped from [..., n_heads, d_head]) are not "
-                "supported; choose a residual-stream or MLP-output SAE"
-            )
         missing = [key for key in ("d_in", "d_sae") if key not in d]
         if missing:
             raise SAEError(f"cfg.json lacks {missing}; every SAELens config has d_in and d_sae")
         architecture = d.get("architecture", "standard")
         topk = architecture == "topk"
-        metadata = dict(d.get("metadata") or {})
+        metadata = _tl_kwargs_as_today(dict(d.get("metadata") or {}), pre_6_0)
         hook_name = metadata.pop("hook_name", None) or ""
         model_name = metadata.pop("model_name", None) or ""
         # Drop what to_dict adds by default, so from_dict(to_dict()) is the identity; a
@@ -186,11 +206,29 @@ class SAEConfig:
             normalize_activations=d.get("normalize_activations") or "none",
             k=d.get("k", 100) if topk else None,  # 100 is SAELens's TopKSAEConfig default
             rescale_acts_by_decoder_norm=bool(d.get("rescale_acts_by_decoder_norm", False)) and topk,
+            reshape_activations=d.get("reshape_activations") or "none",
             dtype=str(d.get("dtype", "float32")),
             hook_name=hook_name,
             model_name=model_name,
             metadata=metadata,
         )
+
+
+def _tl_kwargs_as_today(metadata: dict, pre_6_0: bool) -> dict:
+    """metadata whose model_from_pretrained_kwargs mean what SAELens reads today: flags on
+    top of from_pretrained_no_processing.
+
+    An SAE that SAELens before 3.19.2 trained (its version says so), or a pre-6.0 config
+    that names no kwargs (gpt2-small-res-jb and the other mats_sae_training SAEs), was
+    trained with from_pretrained's defaults: those are written out. Other configs are kept."""
+    if (metadata.get("model_class_name") or "HookedTransformer") != "HookedTransformer":
+        return metadata  # a transformers model: its kwargs are not TransformerLens flags
+    kwargs = metadata.get("model_from_pretrained_kwargs")
+    version = _version(metadata.get("sae_lens_training_version") or metadata.get("sae_lens_version"))
+    trained_with_defaults = version < _NO_PROCESSING_SINCE if version else pre_6_0 and kwargs is None
+    if not trained_with_defaults:
+        return metadata
+    return {**metadata, "model_from_pretrained_kwargs": {**_FROM_PRETRAINED_DEFAULTS, **(kwargs or {})}}
 
 
 def _is_pre_6_0(d: dict) -> bool:

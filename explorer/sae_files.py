@@ -209,8 +209,6 @@ def load_gemma_scope_npz(path: str | Path, hook_name: str, d_sae: int | None = N
     if not file.is_file():
         where = f" It contains: {_listing(file.parent)}." if file.parent.is_dir() else ""
         raise SAEError(f"Gemma Scope file {file} does not exist.{where} Fix: pass the path of params.npz.")
-    if "hook_z" in hook_name:
-        raise SAEError("Gemma Scope attention (hook_z) SAEs are not supported; use a res or mlp SAE")
     try:
         with np.load(file, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
@@ -230,6 +228,7 @@ def load_gemma_scope_npz(path: str | Path, hook_name: str, d_sae: int | None = N
     cfg = SAEConfig(
         d_in=d_in, d_sae=found_d_sae, architecture="jumprelu", apply_b_dec_to_input=False,
         hook_name=hook_name, model_name=model_name,
+        reshape_activations="hook_z" if hook_name.endswith("attn.hook_z") else "none",
         metadata={"context_size": 1024, "prepend_bos": True, "dataset_path": "monology/pile-uncopyrighted"},
     )
     return build_sae(cfg, tensors, str(file))

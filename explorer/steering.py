@@ -21,6 +21,7 @@ from explorer.activations import MAX_PROMPT_TOKENS, encode_prompt
 from explorer.hooks import hooked
 from explorer.model import LoadedModel, new_cache
 from explorer.sae import SAE
+from explorer.tl_processing import sae_space
 
 MODES = ("clamp", "scale", "add", "ablate")
 # The steering values anyone may ask for, in the app, in a deep link or on the
@@ -233,7 +234,7 @@ def stream_rows(
     eos = lm.tokenizer.eos_token_id
     done = torch.zeros(len(rows), dtype=torch.bool, device=lm.device)
     cache = new_cache(lm.model)
-    with lm.lock, hooked(lm.model, {sae.cfg.hook_name: row_edit(sae, resolved)}):
+    with lm.lock, hooked(lm.model, {sae.cfg.hook_name: sae_space(lm.model, sae.cfg).wrap(row_edit(sae, resolved))}):
         out = lm.model(ids, use_cache=True, logits_to_keep=1, **cache)
         for _ in range(settings.max_new_tokens):
             nxt = _sample(out.logits[:, -1], settings, gens)

@@ -9,16 +9,20 @@ forward passes). The app opens only paths under the configured roots
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from explorer.hooks import parse_hook
+from explorer.hooks import hook_width, parse_hook
 from explorer.model import DEMO_MODEL, LoadedModel, load_model
 from explorer.sae import SAE, check_compatible, random_sae
 from explorer.sae_files import load_gemma_scope_npz, load_sae, sae_fingerprint
 from explorer.settings import DEMO_HOOK, PROJECT_DIR, ROOTS_ENV
+from explorer.tl_processing import TLProcessing, describe
+
+log = logging.getLogger(__name__)
 
 DATA_DIR = PROJECT_DIR / "data"
 DEMO_SAE = DATA_DIR / "demo" / "sae"
@@ -55,8 +59,10 @@ class Workspace:
     def describe(self) -> str:
         trained = "UNTRAINED random SAE" if self.untrained else f"SAE {self.sae_source}"
         index = "no index" if self.index is None else f"index of {self.index.manifest.n_tokens:,} tokens"
+        processing = TLProcessing.from_metadata(self.sae.cfg.metadata)
+        processed = f", TransformerLens-processed ({processing.describe()})" if processing.on() else ""
         return (f"{self.lm.name} on {self.lm.device} ({str(self.lm.dtype).removeprefix('torch.')}), "
-                f"{self.hook_name}, {trained} (d_sae {self.sae.cfg.d_sae}), {index}")
+                f"{self.hook_name}, {trained} (d_sae {self.sae.cfg.d_sae}){processed}, {index}")
 
 
 def check_inside_roots(what: str, value: str, roots: Sequence[Path]) -> Path:
@@ -86,9 +92,9 @@ def open_sae(lm: LoadedModel, sae: str | None, hook: str | None = None, d_sae: i
         sae = str(DEMO_SAE) if (DEMO_SAE / "cfg.json").exists() and lm.name == DEMO_MODEL else RANDOM_SAE
     if sae == RANDOM_SAE:
         hook = hook or DEMO_HOOK
-        parse_hook(lm.model, hook)
-        width = d_sae or 8 * lm.d_model
-        loaded = random_sae(lm.d_model, width, architecture="topk", k=32, hook_name=hook, model_name=lm.name, seed=seed)
+        d_in = hook_width(lm.model, parse_hook(lm.model, hook))
+        width = d_sae or 8 * d_in
+        loaded = random_sae(d_in, width, architecture="topk", k=32, hook_name=hook, model_name=lm.name, seed=seed)
         return loaded.to(lm.device), RANDOM_SAE, f"random-{seed}"
     if str(sae).endswith(".npz"):  # Gemma Scope params.npz: the hook is not in the file
         if not hook:
@@ -106,8 +112,8 @@ def open_sae(lm: LoadedModel, sae: str | None, hook: str | None = None, d_sae: i
         loaded.cfg.hook_name = hook
     if not loaded.cfg.hook_name:
         raise WorkspaceError(f"The SAE at {sae} does not say which hook it reads. Fix: pass --hook blocks.L.hook_resid_post")
-    parse_hook(lm.model, loaded.cfg.hook_name)
-    check_compatible(loaded, lm.d_model, loaded.cfg.hook_name)
+    check_compatible(loaded, hook_width(lm.model, parse_hook(lm.model, loaded.cfg.hook_name)), loaded.cfg.hook_name)
+    log.info("%s: %s", sae, describe(lm.model, loaded.cfg))  # raises when a setting cannot be honoured
     return loaded, str(sae), sae_fingerprint(sae)
 
 

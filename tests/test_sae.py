@@ -373,8 +373,7 @@ def test_gemma_scope_npz_errors(tmp_path):
     file = write_npz(tmp_path / "g")
     with pytest.raises(SAEError, match=r"3 features but d_sae=16384"):
         load_gemma_scope_npz(file, hook_name="blocks.0.hook_resid_post", d_sae=16384)
-    with pytest.raises(SAEError, match=r"hook_z.*not supported"):
-        load_gemma_scope_npz(file, hook_name="blocks.0.attn.hook_z")
+    assert load_gemma_scope_npz(file, hook_name="blocks.0.attn.hook_z").cfg.reshape_activations == "hook_z"
     with pytest.raises(SAEError, match=r"does not exist.*params.npz"):
         load_gemma_scope_npz(tmp_path / "nowhere.npz", hook_name="x")
     with pytest.raises(SAEError, match=r"missing tensor\(s\) \['threshold'\]"):
@@ -469,12 +468,13 @@ def test_unknown_architecture(tmp_path):
         load_sae(folder)
 
 
-def test_hook_z_reshape_unsupported():
-    with pytest.raises(SAEError, match=r"hook_z.*not supported"):
-        SAEConfig.from_dict(SAEConfig(4, 8).to_dict() | {"reshape_activations": "hook_z"})
+def test_hook_z_reshape_is_read_and_kept():
+    cfg = SAEConfig(4, 8, hook_name="blocks.0.attn.hook_z", reshape_activations="hook_z")
+    assert SAEConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_dict()["reshape_activations"] == "hook_z"
     legacy = {"d_in": 768, "d_sae": 24576, "hook_point": "blocks.0.attn.hook_z"}
-    with pytest.raises(SAEError, match=r"hook_z.*not supported"):
-        SAEConfig.from_dict(legacy)
+    assert SAEConfig.from_dict(legacy).reshape_activations == "hook_z"  # as SAELens's conversion sets it
+    with pytest.raises(SAEError, match=r"reshape_activations='hook_z' with hook 'blocks.0.hook_resid_post'"):
+        SAEConfig(4, 8, hook_name="blocks.0.hook_resid_post", reshape_activations="hook_z")
 
 
 def test_bad_json_and_bad_config(tmp_path):

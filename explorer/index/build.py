@@ -60,6 +60,7 @@ from explorer.index.format import (
     IndexMismatchError,
 )
 from explorer.index.pass_state import LOW32, PassState
+from explorer.tl_processing import sae_space
 
 log = logging.getLogger(__name__)
 
@@ -224,11 +225,13 @@ def _run_pass(lm, sae, tokens: np.ndarray, run: PassState, bos: int | None, batc
     bar = tqdm(total=int(n_windows * L), initial=run.windows_done * L, unit="tok", unit_scale=True,
                desc="indexing", disable=not progress)
     started, done_here = time.perf_counter(), 0
+    with lm.lock:
+        space = sae_space(lm.model, sae.cfg)  # the SAE's input space (TransformerLens processing)
     for number in range(run.windows_done // batch_size, n_batches):
         lo, hi = number * batch_size, min((number + 1) * batch_size, n_windows)
         ids = torch.from_numpy(np.ascontiguousarray(tokens[lo:hi], dtype=np.int64)).to(lm.device)
         with lm.lock:
-            x = run_to_hook(lm.model, sae.cfg.hook_name, ids)
+            x = space.to_sae(run_to_hook(lm.model, sae.cfg.hook_name, ids))
         f = sae.encode(x.to(sae.device)).float()  # (batch, seq, d_sae)
         skip = (ids[:, 0] == bos) if bos is not None else torch.zeros(hi - lo, dtype=torch.bool)
         skip = skip.to(f.device)

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from explorer.files import replacing_dir
+from explorer.hooks import residual_directions
 from explorer.index.format import (
     EXAMPLE_ARRAYS,
     EXAMPLES_FILE,
@@ -91,11 +92,11 @@ def _logit_effects(lm, sae, chunk: int = 256) -> dict[str, np.ndarray]:
         out[f"logit_{which}_ids"] = np.full((d, N_LOGITS), -1, np.int32)  # -1 pads
         out[f"logit_{which}_values"] = np.zeros((d, N_LOGITS), np.float32)
     head = lm.model.get_output_embeddings()
-    if head is None or head.weight.shape[-1] != sae.cfg.d_in:
-        log.warning("no unembedding of width %d: logit effects are left empty", sae.cfg.d_in)
+    W_dec = residual_directions(lm.model, sae.cfg.hook_name, sae.W_dec.detach().float())  # hook_z: via W_O
+    if head is None or head.weight.shape[-1] != W_dec.shape[-1]:
+        log.warning("no unembedding of width %d: logit effects are left empty", W_dec.shape[-1])
         return out
-    W = head.weight.detach().to(sae.device, torch.float32)  # (vocab, d_in): W_U.T
-    W_dec = sae.W_dec.detach().float()
+    W = head.weight.detach().to(sae.device, torch.float32)  # (vocab, d_model): W_U.T
     k = min(N_LOGITS, W.shape[0])
     for a in range(0, d, chunk):
         effects = W_dec[a:a + chunk] @ W.T  # (chunk, vocab)
