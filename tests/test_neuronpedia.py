@@ -513,3 +513,21 @@ def test_card_links_to_neuronpedia_only_when_known(setup):
     assert "neuronpedia" not in render.card_html(card).top.lower()
     assert "<a" not in render.card_html(card, neuronpedia_url='javascript:alert("x")').top  # https only
     assert "neuronpedia.org" not in render.card_page(card, source="s")  # the offline page has no link
+
+
+# ---------------------------------------------------------------- the app
+
+
+@pytest.mark.demo
+def test_the_export_menu_offers_both_neuronpedia_formats():
+    from test_app import app, no_exception
+
+    at = app("pages/feature.py", feature="3")
+    at.session_state["export_open"] = True
+    at.run()
+    assert "SAEDashboard batch files" not in [b.proto.label for b in at.get("download_button")]  # not built yet
+    at.session_state["np_open"] = True  # the "For Neuronpedia" popover
+    at.run()
+    no_exception(at)
+    assert [b.proto.label for b in at.get("download_button")][-2:] == ["SAEDashboard batch files", "Upload-batch bodies"]
+    assert "15-explorer-resid_post" in "\n".join(c.value for c in at.caption)
