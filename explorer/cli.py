@@ -187,7 +187,7 @@ def _neuronpedia_files(args, ws, features):
     """The Neuronpedia-format files asked for, one batch at a time."""
     from explorer import neuronpedia
 
-    parts = dict(model_id=args.np_model_id, layer=args.np_layer, sae_set=args.np_sae_set, suffix=args.np_suffix)
+    parts = {"model_id": args.np_model_id, "layer": args.np_layer, "sae_set": args.np_sae_set, "suffix": args.np_suffix}
     for fmt in (f for f in args.format if f in neuronpedia.FORMATS):
         ids = neuronpedia.workspace_ids(ws, **parts)
         print(f"{fmt}: Neuronpedia model {ids.model_id!r}, source {ids.source!r}", file=sys.stderr)

@@ -33,13 +33,15 @@ import json
 import logging
 import math
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import numpy as np
 
 from explorer.render import peak
+from explorer.tokens import token_strings
 
 if TYPE_CHECKING:
     from explorer.index import Example, FeatureCard
@@ -82,15 +84,18 @@ class NeuronpediaIds:
         return cls(model_id, source)
 
     @classmethod
-    def build(cls, model_id: str, layer: int, sae_set: str, suffix: str | None = None) -> NeuronpediaIds:
-        """The source id as SAEDashboard's `_build_source_id` makes it."""
-        return cls(slug(model_id), f"{int(layer)}-{slug(sae_set)}" + (f"__{slug(suffix)}" if suffix else ""))
+    def build(cls, model_id: str, layer: int | str, sae_set: str, suffix: str | None = None) -> NeuronpediaIds:
+        """The source id as SAEDashboard's `_build_source_id` makes it (`layer` may be "e")."""
+        return cls(slug(model_id), f"{slug(str(layer))}-{slug(sae_set)}" + (f"__{slug(suffix)}" if suffix else ""))
+
+    @property
+    def layer_part(self) -> str:
+        return self.source.split("-")[0]
 
     @property
     def layer(self) -> int:
         """The source's layer; 0 for "e" (Neuronpedia's embedding layer)."""
-        first = self.source.split("-")[0]
-        return int(first) if first.isdigit() else 0
+        return int(self.layer_part) if self.layer_part.isdigit() else 0
 
     @property
     def sae_set(self) -> str:
@@ -116,9 +121,11 @@ def resolve_ids(neuronpedia_id: str, model_name: str, hook_name: str, *, model_i
         point = re.sub(r"^blocks\.\d+\.", "", hook_name).replace("hook_", "")
         base = NeuronpediaIds.build(slug(str(model_name).rstrip("/").rsplit("/", 1)[-1]) or "model",
                                     hook_layer(hook_name), "explorer-" + (slug(point) or "sae"))
+    if (model_id, layer, sae_set, suffix) == (None, None, None, None):
+        return base
     return NeuronpediaIds.build(
         model_id if model_id is not None else base.model_id,
-        layer if layer is not None else base.layer,
+        layer if layer is not None else base.layer_part,
         sae_set if sae_set is not None else base.sae_set,
         suffix if suffix is not None else base.suffix,
     )
@@ -274,8 +281,6 @@ def feature_weights(lm, sae, features: Sequence[int], chunk: int = 256) -> dict[
     """FeatureWeights of each feature."""
     import torch
 
-    from explorer.tokens import token_strings
-
     head = lm.model.get_output_embeddings()
     with torch.inference_mode():
         W_dec = sae.W_dec.detach().float().cpu()
@@ -288,15 +293,20 @@ def feature_weights(lm, sae, features: Sequence[int], chunk: int = 256) -> dict[
             rows = W_dec[features[a:a + chunk]]  # (chunk, d_in)
             logits = rows @ W_U if W_U is not None else None  # (chunk, vocab)
             for i, f in enumerate(features[a:a + chunk]):
-                out[f] = _one_feature(rows[i], None if logits is None else logits[i], lm.tokenizer, token_strings)
-    norms = W_dec[features].norm(dim=1) if features else torch.ones(1)
-    if (norms - 1).abs().max() > 1e-3:
-        log.warning("decoder rows are not unit-norm: SAEDashboard folds their norms into the encoder first, so "
-                    "its activations are these times ||W_dec[i]|| and its logits these divided by it")
+                out[f] = _one_feature(rows[i], None if logits is None else logits[i], lm.tokenizer)
     return out
 
 
-def _one_feature(row, logits, tokenizer, token_strings) -> FeatureWeights:
+def unit_norm_decoder(sae) -> bool:
+    """Whether every decoder row has norm 1. SAEDashboard folds the norms into the encoder first
+    (fold_W_dec_norm): otherwise its activations are ours times ||W_dec[i]||, its logits ours over it."""
+    import torch
+
+    with torch.inference_mode():
+        return bool(((sae.W_dec.detach().float().norm(dim=1) - 1).abs() <= 1e-3).all())
+
+
+def _one_feature(row, logits, tokenizer) -> FeatureWeights:
     import torch
 
     k = min(N_ALIGNMENT, len(row))
@@ -447,7 +457,8 @@ def user_label(card: FeatureCard) -> str:
 
 
 def upload_feature(card: FeatureCard, weights: FeatureWeights, corpus: Corpus) -> dict | None:
-    """One feature of an upload-batch body; None when it has no example (the route needs one)."""
+    """One feature of an upload-batch body; None when it has no example (the route needs one).
+    A user label goes in as an explanation (cut to the route's 512 characters)."""
     acts = Activations.from_card(card)
     acts_out = []
     for r in records(card, acts, corpus):
@@ -542,10 +553,13 @@ def export_files(ws, features: Iterable[int], fmt: str, *, dataset: str | None =
     ids = workspace_ids(ws, **parts)
     manifest = ws.index.manifest
     corpus = Corpus.from_manifest(manifest, ws.sae.cfg.dataset_path if dataset is None else dataset)
-    features = sorted(set(int(f) for f in features))
+    features = sorted({int(f) for f in features})
     if fmt == "neuronpedia-upload":
         dead = set(dead_features(ws, features))
         features = [f for f in features if f not in dead]
+    if not unit_norm_decoder(ws.sae):
+        log.warning("the SAE's decoder rows are not unit-norm: SAEDashboard would fold their norms into the "
+                    "encoder first, so its activations would be these times ||W_dec[i]||, its logits these over it")
     folder = dashboard_folder(ids, ws.hook_name, manifest.d_sae)
     for i, chunk in enumerate(batches(features)):
         weights = feature_weights(ws.lm, ws.sae, chunk)

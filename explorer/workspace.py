@@ -58,8 +58,8 @@ class Workspace:
         """One line on what is loaded; then the SAE's training metadata and any notices, a line each."""
         trained = "UNTRAINED random SAE" if self.untrained else f"SAE {self.sae_source}"
         index = "no index" if self.index is None else f"index of {self.index.manifest.n_tokens:,} tokens"
-        lines = [f"{self.lm.name} on {self.lm.device} ({str(self.lm.dtype).removeprefix('torch.')}), "
-                 f"{self.hook_name}, {trained} (d_sae {self.sae.cfg.d_sae}), {index}"]
+        lines = [(f"{self.lm.name} on {self.lm.device} ({str(self.lm.dtype).removeprefix('torch.')}), "
+                  f"{self.hook_name}, {trained} (d_sae {self.sae.cfg.d_sae}), {index}")]
         if self.sae.cfg.provenance():
             lines.append(f"SAE metadata: {self.sae.cfg.provenance()}")
         lines += [f"WARNING: {notice}" for notice in self.notices()]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import zipfile
-from io import BytesIO
 from types import SimpleNamespace
 
 import jsonschema
@@ -251,6 +250,8 @@ def test_ids_from_neuronpedia_id_and_defaults():
     assert (ids.model_id, ids.source) == ("smollm2-135m", "15-explorer-resid_post")
     ids = npx.resolve_ids("gpt2-small/0-res-jb", "gpt2", HOOK, layer=4, suffix="v2")
     assert (ids.model_id, ids.source) == ("gpt2-small", "4-res-jb__v2")
+    assert npx.resolve_ids("pythia-70m-deduped/e-res-sm", "x", HOOK) == NeuronpediaIds("pythia-70m-deduped", "e-res-sm")
+    assert npx.resolve_ids("pythia-70m-deduped/e-res-sm", "x", HOOK, suffix="b").source == "e-res-sm__b"
     assert npx.feature_url("gpt2-small/0-res-jb", 17) == "https://www.neuronpedia.org/gpt2-small/0-res-jb/17"
     assert npx.feature_url('x/0-a"><script>', 1) == "https://www.neuronpedia.org/x/0-a%22%3E%3Cscript%3E/1"
     assert npx.feature_url("", 17) == ""
@@ -260,7 +261,7 @@ def test_batches_split_as_the_runner_does():
     assert [len(b) for b in npx.batches(list(range(300)))] == [100, 100, 100]  # np.array_split into ceil(300/128)
     assert [len(b) for b in npx.batches(list(range(257)))] == [86, 86, 85]
     assert [len(b) for b in npx.batches(list(range(128)))] == [128] and npx.batches([]) == []
-    assert sum(npx.batches(list(range(1000))), []) == list(range(1000))
+    assert [i for b in npx.batches(list(range(1000))) for i in b] == list(range(1000))
     with pytest.raises(ValueError, match="at most 128"):
         npx.upload_body([{"index": i} for i in range(129)], NeuronpediaIds("m", "0-s"))
 
@@ -306,7 +307,7 @@ def test_estimates_when_the_index_holds_only_the_top(setup):
         n_log = len(card.hist_counts)
         rest = np.bincount(np.searchsorted(log_edges[1:-1], nonzero[:-4], side="right"), minlength=n_log)
 
-        def unknown(x):
+        def unknown(x, rest=rest, log_edges=log_edges):
             return rest[np.searchsorted(log_edges[1:-1], x, side="right")] + 1  # +1: edge ties
 
         edges = np.linspace(acts.minimum(), acts.vmax, 51)
