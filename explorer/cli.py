@@ -7,6 +7,7 @@ import ast
 import dataclasses
 import errno
 import inspect
+import itertools
 import os
 import re
 import shutil
@@ -249,6 +250,20 @@ def check_index(path: str) -> None:
     print(printable(f"{path}: every file has the size and sha256 that the build recorded"))
 
 
+def _neuronpedia_files(args, ws, features):
+    """The Neuronpedia-format files asked for, one batch at a time."""
+    from explorer import neuronpedia
+
+    parts = {"model_id": args.np_model_id, "layer": args.np_layer, "sae_set": args.np_sae_set, "suffix": args.np_suffix}
+    for fmt in (f for f in args.format if f in neuronpedia.FORMATS):
+        ids = neuronpedia.workspace_ids(ws, **parts)
+        print(f"{fmt}: Neuronpedia model {ids.model_id!r}, source {ids.source!r}", file=sys.stderr)
+        dead = neuronpedia.dead_features(ws, features) if fmt == "neuronpedia-upload" else []
+        if dead:
+            print(f"{len(dead)} features never fired and are left out of the upload: {dead[:20]}", file=sys.stderr)
+        yield from neuronpedia.export_files(ws, features, fmt, dataset=args.np_dataset, **parts)
+
+
 def cmd_export(args) -> None:
     from explorer import export
     from explorer.files import make_dirs, write_atomic
@@ -256,19 +271,26 @@ def cmd_export(args) -> None:
     ws = workspace(args)
     if ws.index is None:
         raise CliError("Exporting cards needs a feature index. Fix: pass --index DIR (build one with `explorer index`)")
-    cards = [ws.index.card(f) for f in args.features]
+    features = list(range(ws.index.d_sae)) if args.all else sorted(set(args.features))
+    if not features:
+        raise CliError("No features named. Fix: give feature ids, or --all for every feature of the index")
+    if not 0 <= features[0] <= features[-1] < ws.index.d_sae:
+        raise CliError(f"This index has features 0..{ws.index.d_sae - 1}. Fix: give feature ids in that range")
     meta = dict(model=ws.lm.name, hook=ws.hook_name, sae_id=ws.sae_id)
+    card_formats = [f for f in args.format if f in export.FORMATS]
+    cards = (ws.index.card(f) for f in (features if card_formats else []))
+    card_files = ((export.card_filename(c.feature, fmt), export.card_bytes(c, fmt, **meta))
+                  for c in cards for fmt in card_formats)
+    files = itertools.chain(card_files, _neuronpedia_files(args, ws, features))
     out = Path(args.out)
     if args.zip:
-        write_atomic(out, export.cards_to_zip(cards, formats=tuple(args.format), **meta))
+        write_atomic(out, export.files_to_zip(files))
         print(out)
         return
     make_dirs(out)
-    for card in cards:
-        for fmt in args.format:
-            path = out / export.card_filename(card.feature, fmt)
-            write_atomic(path, export.card_bytes(card, fmt, **meta))
-            print(path)
+    for name, data in files:
+        write_atomic(out / name, data)
+        print(out / name)
 
 
 def cmd_app(args) -> None:
@@ -405,11 +427,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_workspace_args(p, index=False)
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("export", help="export feature cards as JSON, Markdown, HTML or PNG")
-    p.add_argument("features", type=int, nargs="+")
-    p.add_argument("--format", nargs="+", choices=("json", "md", "html", "png"), default=["json", "md", "html", "png"])
+    p = sub.add_parser("export", help="export feature cards as JSON, Markdown, HTML or PNG, or for Neuronpedia")
+    p.add_argument("features", type=int, nargs="*")
+    p.add_argument("--all", action="store_true", help="every feature of the index")
+    p.add_argument("--format", nargs="+", choices=("json", "md", "html", "png", "neuronpedia", "neuronpedia-upload"),
+                   default=["json", "md", "html", "png"],
+                   help="neuronpedia: SAEDashboard's batch-N.json files; neuronpedia-upload: bodies for "
+                        "Neuronpedia's /api/feature/upload-batch")
     p.add_argument("--out", required=True, help="folder, or a .zip file with --zip")
     p.add_argument("--zip", action="store_true")
+    np_ids = "(default: from the SAE's neuronpedia_id, else from the model and hook names)"
+    p.add_argument("--np-model-id", help=f"Neuronpedia model id {np_ids}")
+    p.add_argument("--np-layer", type=int, help=f"Neuronpedia layer {np_ids}")
+    p.add_argument("--np-sae-set", help=f"Neuronpedia SAE set, e.g. res-jb {np_ids}")
+    p.add_argument("--np-suffix", help="Neuronpedia source suffix (the part after __)")
+    p.add_argument("--np-dataset", help="dataset name recorded in the files (default: the SAE's dataset_path)")
     add_workspace_args(p)
     p.set_defaults(func=cmd_export)
 

@@ -5,7 +5,8 @@
   where they exist), Markdown, a standalone offline HTML page (the app's card,
   made by `explorer.render`), or a PNG image.
 - `steering_to_json` / `steering_to_markdown`: one `SteeringResult`.
-- `cards_to_zip`: many cards in many formats, byte-reproducible.
+- `cards_to_zip`: many cards in many formats, byte-reproducible; `files_to_zip` zips any
+  files so (the Neuronpedia formats of `explorer.neuronpedia` go through it too).
 - `dumps`: the JSON text we write; `write_atomic` (from `explorer.files`): temp
   file, then `os.replace`.
 
@@ -456,12 +457,20 @@ def cards_to_zip(
     seen = [c.feature for c in cards]
     if len(set(seen)) != len(seen):
         raise ValueError("The same feature appears twice. Fix: pass each feature's card once")
+    return files_to_zip(
+        (card_filename(card.feature, fmt), card_bytes(card, fmt, model=model, hook=hook, sae_id=sae_id))
+        for card in cards for fmt in formats
+    )
+
+
+def files_to_zip(files: Iterable[tuple[str, bytes]]) -> bytes:
+    """A zip of (path inside the zip, bytes) in the order given, with fixed timestamps and
+    modes: the same files give the same bytes. PNGs are stored, the rest deflated."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        for card in cards:
-            for fmt in formats:
-                info = zipfile.ZipInfo(card_filename(card.feature, fmt), date_time=_ZIP_TIME)
-                info.compress_type = zipfile.ZIP_STORED if fmt == "png" else zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
-                zf.writestr(info, card_bytes(card, fmt, model=model, hook=hook, sae_id=sae_id))
+        for name, data in files:
+            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_STORED if name.endswith(".png") else zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
     return buf.getvalue()

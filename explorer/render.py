@@ -23,7 +23,8 @@ Feature cards (an `explorer.index.FeatureCard`), one renderer for the app's
 page and every export:
 - `colour_scale(card)`: the vmax shared by all of a card's examples.
 - `card_html(card, ...)`: a `CardHtml` of four parts (top, examples, quantiles,
-  related), one `st.html` element each on the page.
+  related), one `st.html` element each on the page; optionally a link to the
+  feature's Neuronpedia page.
 - `card_page(card, source)`: the same parts as a standalone offline HTML page.
 """
 
@@ -278,9 +279,18 @@ def quantiles_html(quantiles: Sequence[QuantileBin], vmax: float, context: tuple
     )
 
 
-def _card_top(card: FeatureCard) -> str:
+def _external_link(url: str) -> str:
+    """A plain link to `url` in a new tab; only https URLs (a config file names them, so they are untrusted)."""
+    if not url.startswith("https://"):
+        return ""
+    return (f'<div style="font-size:0.9em"><a href="{escape(url)}" target="_blank" rel="noopener noreferrer">'
+            "Open on Neuronpedia</a></div>")
+
+
+def _card_top(card: FeatureCard, neuronpedia_url: str = "") -> str:
     auto = (f'<div style="{_MUTED};font-size:0.9em">Auto label: {escape(card.auto_label)}</div>'
             if card.auto_label and card.auto_label != card.label else "")
+    auto += _external_link(neuronpedia_url)
     numbers = (("Density", f"{card.density:.4%}"), ("Max activation", f"{card.max_activation:.4g}"),
                ("Mean activation", f"{card.mean_activation:.4g}"), ("Tokens scanned", f"{card.n_tokens:,}"))
     stats = "".join(f'<div><div style="{_MUTED};font-size:0.85em">{name}</div>'
@@ -319,6 +329,7 @@ def card_html(
     context: tuple[int, int] | None = CONTEXT,
     quantiles: bool = True,
     links: bool = True,
+    neuronpedia_url: str = "",
 ) -> CardHtml:
     """Plain HTML for everything on a card that is not a widget.
 
@@ -326,12 +337,13 @@ def card_html(
     own label comes with it). `context` cuts each example around its peak
     (None: whole windows). `quantiles` False leaves that part empty, to save
     the browser its markup while nobody looks. `links` makes related features
-    deep links to their cards."""
+    deep links to their cards. `neuronpedia_url`, the feature's Neuronpedia page
+    (explorer.neuronpedia.feature_url), adds a link to it under the title."""
     vmax = colour_scale(card)
     samples = quantiles_html(card.quantiles, vmax, context) if quantiles else ""
     examples = "".join(example_html(ex, vmax, context) for ex in card.top_examples)
     return CardHtml(
-        top=_card_top(card),
+        top=_card_top(card, neuronpedia_url),
         examples=f'<div class="card-examples">{examples}</div>',
         quantiles=f'<div class="card-quantiles">{samples}</div>',
         related=_related(card, label or (lambda f: ""), links),

@@ -150,6 +150,40 @@ class SAEConfig:
                 f"{self.architecture!r}; leave them unset"
             )
 
+    @property
+    def neuronpedia_id(self) -> str:
+        """metadata.neuronpedia_id, e.g. "gpt2-small/0-res-jb" ("" when the SAE has none)."""
+        return str(self.metadata.get("neuronpedia_id") or "")
+
+    @property
+    def dataset_path(self) -> str:
+        """metadata.dataset_path: the dataset the SAE was trained on ("" when not said)."""
+        return str(self.metadata.get("dataset_path") or "")
+
+    @property
+    def context_size(self) -> int | None:
+        """metadata.context_size: tokens per training sequence."""
+        value = self.metadata.get("context_size")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def prepend_bos(self) -> bool | None:
+        """metadata.prepend_bos: whether its training sequences began with BOS."""
+        value = self.metadata.get("prepend_bos")
+        return value if isinstance(value, bool) else None
+
+    def provenance(self) -> str:
+        """What the config says about the SAE's training, in one line ("" when it says nothing)."""
+        bos = {True: "BOS prepended", False: "no BOS", None: ""}[self.prepend_bos]
+        parts = (
+            f"model {self.model_name}" if self.model_name else "",
+            f"dataset {self.dataset_path}" if self.dataset_path else "",
+            f"context {self.context_size} tokens" if self.context_size else "",
+            bos,
+            f"Neuronpedia {self.neuronpedia_id}" if self.neuronpedia_id else "",
+        )
+        return " · ".join(p for p in parts if p)
+
     def to_dict(self) -> dict:
         """The SAELens v6 cfg.json dict."""
         metadata = dict(self.metadata)

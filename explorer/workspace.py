@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from explorer.hooks import hook_width, parse_hook
-from explorer.model import DEMO_MODEL, LoadedModel, load_model
+from explorer.model import DEMO_MODEL, DEMO_NAME, LoadedModel, load_model
 from explorer.sae import SAE, check_compatible, random_sae
 from explorer.sae_files import load_gemma_scope_npz, load_sae, sae_fingerprint
 from explorer.settings import DEMO_HOOK, PROJECT_DIR, ROOTS_ENV
@@ -56,13 +56,44 @@ class Workspace:
             return None
         return {i: float(v) for i, v in enumerate(self.index.max_activations())}
 
+    def notices(self) -> list[str]:
+        """Warnings about the loaded combination: an SAE that names another model."""
+        problem = model_mismatch(self.sae.cfg.model_name, self.lm.name)
+        return [problem] if problem else []
+
     def describe(self) -> str:
+        """One line on what is loaded; then the SAE's training metadata and any notices, a line each."""
         trained = "UNTRAINED random SAE" if self.untrained else f"SAE {self.sae_source}"
         index = "no index" if self.index is None else f"index of {self.index.manifest.n_tokens:,} tokens"
         processing = TLProcessing.from_metadata(self.sae.cfg.metadata)
         processed = f", TransformerLens-processed ({processing.describe()})" if processing.on() else ""
-        return (f"{self.lm.name} on {self.lm.device} ({str(self.lm.dtype).removeprefix('torch.')}), "
-                f"{self.hook_name}, {trained} (d_sae {self.sae.cfg.d_sae}){processed}, {index}")
+        lines = [(f"{self.lm.name} on {self.lm.device} ({str(self.lm.dtype).removeprefix('torch.')}), "
+                  f"{self.hook_name}, {trained} (d_sae {self.sae.cfg.d_sae}){processed}, {index}")]
+        if self.sae.cfg.provenance():
+            lines.append(f"SAE metadata: {self.sae.cfg.provenance()}")
+        lines += [f"WARNING: {notice}" for notice in self.notices()]
+        return "\n".join(lines)
+
+
+# TransformerLens names that differ from the hub's (TransformerLens `loading_from_pretrained.py` aliases).
+_MODEL_ALIASES = {"gpt2-small": "gpt2"}
+
+
+def _model_key(name: str) -> str:
+    """A model name without its hub organisation or folder, lower case: "openai-community/gpt2" -> "gpt2"."""
+    key = str(name).strip().rstrip("/").rsplit("/", 1)[-1].lower().removesuffix(".gguf")
+    if key in (DEMO_MODEL, DEMO_NAME.lower()):
+        return DEMO_MODEL
+    return _MODEL_ALIASES.get(key, key)
+
+
+def model_mismatch(sae_model: str, loaded: str) -> str:
+    """A warning when the SAE names a model other than the loaded one ("" when they agree or it names none)."""
+    if not sae_model or _model_key(sae_model) == _model_key(loaded):
+        return ""
+    return (f"The SAE says it was trained on model {sae_model!r}, but the loaded model is {loaded!r}: its features "
+            "may mean nothing here. Fix: load that model (--model), or use an SAE trained on this one")
+
 
 
 def check_inside_roots(what: str, value: str, roots: Sequence[Path]) -> Path:

@@ -10,8 +10,8 @@ import random
 
 import streamlit as st
 
-from explorer import render
-from explorer.export import FORMATS, card_filename
+from explorer import neuronpedia, render
+from explorer.export import FORMATS, card_filename, files_to_zip
 from ui import cache, links
 from ui.errors import shown_as_message
 from ui.features import feature_md, feature_name, label
@@ -91,7 +91,8 @@ def card_html(ws, card) -> render.CardHtml:
     each element, widget or not, costs the browser time on every card change."""
     whole = st.session_state.get("card_whole", False)
     return render.card_html(card, label=functools.partial(label, ws), context=None if whole else render.CONTEXT,
-                            quantiles=bool(st.session_state.get("quantiles_open")))
+                            quantiles=bool(st.session_state.get("quantiles_open")),
+                            neuronpedia_url=neuronpedia.feature_url(ws.sae.cfg.neuronpedia_id, card.feature))
 
 
 def show_card(ws, card, html: render.CardHtml) -> None:
@@ -151,6 +152,28 @@ def export_panel(ws, feature: int) -> None:
             st.download_button(f"Zip of {len(several)} card(s)", functools.partial(cache.zip_bytes, ws, several, formats),
                                key="dl_zip", file_name="feature_cards.zip", mime="application/zip", on_click="ignore",
                                icon=":material/folder_zip:")
+        if several:
+            neuronpedia_downloads(ws, several)
+
+
+def neuronpedia_downloads(ws, features: list[int]) -> None:
+    """The chosen cards in both Neuronpedia formats (explorer.neuronpedia), zipped on click; the
+    popover is built only while open."""
+    box = st.popover("For Neuronpedia", key="np_open", on_change="rerun", icon=":material/upload:")
+    if not box.open:
+        return
+    with box:
+        ids = neuronpedia.workspace_ids(ws)
+        default = "" if ws.sae.cfg.neuronpedia_id else " (the SAE has no neuronpedia_id: `explorer export --np-…` sets them)"
+        st.caption(f"Neuronpedia model `{ids.model_id}`, source `{ids.source}`{default}")
+        for fmt, name in (("neuronpedia", "SAEDashboard batch files"), ("neuronpedia-upload", "Upload-batch bodies")):
+            st.download_button(name, functools.partial(neuronpedia_zip, ws, tuple(features), fmt), key=f"dl_{fmt}",
+                               file_name=f"{fmt}.zip", mime="application/zip", on_click="ignore",
+                               icon=":material/download:")
+
+
+def neuronpedia_zip(ws, features: tuple[int, ...], fmt: str) -> bytes:
+    return files_to_zip(neuronpedia.export_files(ws, features, fmt))
 
 
 def feature_page() -> None:

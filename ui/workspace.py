@@ -112,6 +112,10 @@ def sidebar() -> None:
         else:
             st.markdown(f"**Model** `{ws.lm.name}`  \n**Device** `{ws.lm.device}` ({str(ws.lm.dtype).removeprefix('torch.')})  \n"
                         f"**Hook** `{ws.hook_name}`  \n**SAE** `{ws.sae_source}` ({ws.sae.cfg.d_sae:,} features)")
+            if ws.sae.cfg.provenance():
+                st.caption(f"SAE metadata: {ws.sae.cfg.provenance()}")
+            for notice in ws.notices():  # e.g. an SAE trained on another model
+                st.warning(notice, icon=":material/warning:")
             if ws.untrained:
                 st.warning(UNTRAINED, icon=":material/warning:")
             if ws.index is None:
