@@ -116,7 +116,7 @@ class Intervention:
 
 def _threshold(text: str, what: str) -> tuple[int, float]:
     """'45>0.5' or 'f45>0.5' -> (45, 0.5)."""
-    feature, sep, threshold = text.strip().removeprefix("f").partition(">")
+    feature, _, threshold = text.strip().removeprefix("f").partition(">")
     try:
         return int(feature), _finite(float(threshold))
     except ValueError:

@@ -12,12 +12,12 @@ from explorer.steering import (
     VALUE_RANGES,
     GenerationSettings,
     Intervention,
+    RowEdit,
     SteeringError,
     edit_features,
     generate_pair,
     generate_rows,
     resolve,
-    RowEdit,
     stream_rows,
 )
 
