@@ -322,3 +322,50 @@ def test_condition_specs_read_back():
     for cond in (Condition("feature_above", 4, 0.25), Condition("generated_only"), Condition("after_pattern", pattern="x,y")):
         assert parse_condition(cond.spec()) == cond
     assert json.loads(json.dumps(export._intervention_json(Intervention(1, condition=Condition("generated_only")), {})))
+
+
+# ------------------------------------------------------------------ the steering page (demo model)
+
+
+@pytest.fixture
+def page():
+    from test_app import app, no_exception
+
+    def open_page(**params):
+        at = app("pages/steering.py", **params)
+        no_exception(at)
+        return at
+
+    return open_page
+
+
+@pytest.mark.demo
+def test_a_link_with_conditions_fills_the_pickers_and_is_written_back(page):
+    at = page(steer="7:add:50@f12>0.5,9:ablate@gen,3:scale:2@after=%5C.", stop="12>1", prompt="Once upon a time")
+    picked = {s.key: s.value for s in at.selectbox if s.key and s.key.startswith("cond_")}
+    assert list(picked.values()) == ["where feature >", "generated tokens", "after text matches"]
+    boxes = {t.key: t.value for t in at.text_input if t.key and t.key.startswith("cond_")}
+    assert list(boxes.values()) == ["12>0.5", "\\."]
+    assert at.text_input(key="steer_stop").value == "12>1"
+    assert at.query_params["steer"] == "7:add:50@f12>0.5,9:ablate@gen,3:scale:2@after=%5C."
+    assert at.query_params["stop"] == "12>1"
+
+
+@pytest.mark.demo
+def test_a_bad_condition_leaves_its_feature_out_and_says_why(page):
+    at = page(steer="7:add:50@f12>0.5,9:ablate", prompt="Once upon a time")
+    key = next(t.key for t in at.text_input if t.key and t.key.startswith("cond_"))
+    at.text_input(key=key).input("12>lots").run()
+    assert "left out until its condition is fixed" in "\n".join(e.value for e in at.error)
+    assert at.query_params["steer"] == "9:ablate"
+
+
+@pytest.mark.demo
+def test_generating_with_a_stop_condition_marks_where_it_stopped(page):
+    at = page(steer="7:add:50@gen", stop="12>-1", prompt="Once upon a time", max_new_tokens="6")  # fires at once
+    at.button(key="generate").click().run()
+    result = at.session_state["steer_history"][0]["result"]
+    assert result.interventions[0].condition == Condition("generated_only")
+    assert len(result.clean.token_ids) == 6 and len(result.steered.token_ids) == 1
+    assert result.steered.stopped_at == 0 and result.stop == StopCondition(12, -1.0)
+    assert any("Stopped after generated token 0" in c.value for c in at.caption)
