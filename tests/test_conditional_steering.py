@@ -318,6 +318,26 @@ def test_cli_refuses_bad_conditions_before_loading(spec, error):
         parse_intervention(spec, "clamp")
 
 
+def test_steer_command_with_a_condition_and_a_stop(capsys, monkeypatch, tmp_path):
+    from test_cli_errors import run
+
+    folder = tmp_path / "tiny"
+    model = tiny_model(seed=1)
+    model.model.save_pretrained(folder, safe_serialization=True)
+    model.tokenizer.save_pretrained(folder)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ws = ["--model", str(folder), "--sae", "random", "--hook", HOOK, "--max-new-tokens", "6"]
+    code, out, err = run(capsys, "steer", "hi", "--add", "3=5@gen", "--stop-when", "4>-1", *ws)
+    assert code == 0, err
+    assert "STEERED (add #3 5 on generated tokens)" in out
+    assert "The steered completion stopped after generated token 0 (stop when #4 > -1)." in out
+    code, _, err = run(capsys, "steer", "hi", "--add", "3=5@f9999>1", *ws)
+    assert code == 2 and "feature 9999 does not exist" in err
+    code, _, err = run(capsys, "steer", "hi", "--add", "3=5", "--stop-when", "4", *ws)
+    assert code == 2 and "FEATURE>THRESHOLD" in err
+
+
 def test_condition_specs_read_back():
     for cond in (Condition("feature_above", 4, 0.25), Condition("generated_only"), Condition("after_pattern", pattern="x,y")):
         assert parse_condition(cond.spec()) == cond
