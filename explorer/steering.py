@@ -336,12 +336,16 @@ class RowEdit:
             if not edits:
                 continue
             masks = self._masks(i, f)
-            where = [torch.ones(f.shape[0], dtype=torch.bool, device=f.device) if m is None else m for m in masks]
-            applied = torch.stack(where).any(0).tolist()
-            self.applied[i] += applied
-            if not any(applied):  # the row goes through untouched, bit for bit
-                continue
-            f_new = edit_features(f, edits, None if all(m is None for m in masks) else masks)
+            if all(m is None for m in masks):  # every edit applies everywhere: no mask, no sync
+                self.applied[i] += [True] * f.shape[0]
+                f_new = edit_features(f, edits)
+            else:
+                where = [torch.ones_like(f[:, 0], dtype=torch.bool) if m is None else m for m in masks]
+                applied = torch.stack(where).any(0).tolist()
+                self.applied[i] += applied
+                if not any(applied):  # the row goes through untouched, bit for bit
+                    continue
+                f_new = edit_features(f, edits, masks)
             delta = self.sae.decode_change(f, f_new, self.features[i], like=x)
             out = act.clone() if out is None else out
             out[i] = (x + delta).to(act.dtype)

@@ -325,6 +325,8 @@ def test_steer_command_with_a_condition_and_a_stop(capsys, monkeypatch, tmp_path
     model = tiny_model(seed=1)
     model.model.save_pretrained(folder, safe_serialization=True)
     model.tokenizer.save_pretrained(folder)
+    for name in ("EXPLORER_MODEL", "EXPLORER_SAE", "EXPLORER_INDEX", "EXPLORER_CACHE", "EXPLORER_THREADS"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     ws = ["--model", str(folder), "--sae", "random", "--hook", HOOK, "--max-new-tokens", "6"]
