@@ -154,7 +154,7 @@ def cmd_steer(args) -> None:
     width = max(30, (shutil.get_terminal_size().columns - 3) // 2)
     left = textwrap.wrap(printable(result.clean.text.replace("\n", " ↵ ")), width) or [""]
     right = textwrap.wrap(printable(result.steered.text.replace("\n", " ↵ ")), width) or [""]
-    steer_names = ", ".join(iv.describe() for iv in interventions)
+    steer_names = printable(", ".join(iv.describe() for iv in interventions))  # a pattern is the user's text
     print(f"{'UNCLAMPED':<{width}} | STEERED ({steer_names})")
     print("-" * width + "-+-" + "-" * width)
     for i in range(max(len(left), len(right))):

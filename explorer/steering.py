@@ -85,7 +85,7 @@ class Condition:
 @dataclass(frozen=True)
 class StopCondition:
     """End a row once `feature`'s activation at a generated token is > `threshold`;
-    that token is the row's last (the very last token is never read: nothing follows it)."""
+    that token is the row's last. The prompt's tokens are not read."""
 
     feature: int
     threshold: float
@@ -428,6 +428,8 @@ def stream_rows(
     (e.g. `contextlib.closing`) when you stop reading early. A prompt longer than
     `prompt_limit` is cut to it (`prompt_truncation` says whether it was)."""
     resolved = [resolve(r, sae.cfg.d_sae, max_acts) for r in rows]
+    if stops is not None and len(stops) != len(rows):
+        raise SteeringError(f"{len(stops)} stop conditions for {len(rows)} rows. Fix: give one per row (None for none)")
     for stop in stops or []:
         check_condition(stop, sae.cfg.d_sae)
     edit = RowEdit(sae, resolved, stops)

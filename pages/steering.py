@@ -111,7 +111,7 @@ def item_row(ws, item) -> Intervention | None:
         condition, problem = condition_picker(ws, uid)
         st.button("Remove", key=f"rm_{uid}", on_click=remove_item, args=(uid,), icon=":material/delete:")
     if problem:
-        st.error(f"{feature_name(ws, feature)} is left out until its condition is fixed: {problem}")
+        st.error(f"{feature_md(ws, feature)} is left out until its condition is fixed: {md(problem)}")
         return None
     return Intervention(feature, mode, float(value), relative, condition)
 
@@ -147,7 +147,7 @@ def stop_input(ws) -> StopCondition | None:
         stop = parse_stop(text)
         check_condition(stop, ws.sae.cfg.d_sae)
     except SteeringError as err:
-        st.error(f"The stop condition is not used: {err}")
+        st.error(f"The stop condition is not used: {md(str(err))}")
         return None
     return stop
 
