@@ -36,7 +36,22 @@ class CliError(Exception):
 
 
 def parse_intervention(spec: str, mode: str):
-    """'12=3x' -> clamp feature 12 to 3x its max activation; '12=-5' -> absolute; '12' for ablate."""
+    """'12=3x' -> clamp feature 12 to 3x its max activation; '12=-5' -> absolute; '12' for ablate.
+    A condition may follow '@': '12=3x@f45>0.5', '12=3x@gen', '12=3x@after=REGEX'."""
+    import dataclasses
+
+    from explorer.steering import check_condition, parse_condition
+
+    spec, at, condition = spec.partition("@")
+    iv = parse_edit(spec, mode)
+    if not at:
+        return iv
+    cond = parse_condition(condition)
+    check_condition(cond, None)  # the feature's upper bound is checked once the SAE is loaded
+    return dataclasses.replace(iv, condition=cond)
+
+
+def parse_edit(spec: str, mode: str):
     from explorer.steering import Intervention, check_value
 
     feature, _, value = spec.partition("=")
@@ -125,27 +140,31 @@ def cut_note(truncated_from: int, kept: int) -> str:
 
 
 def cmd_steer(args) -> None:
-    from explorer.steering import GenerationSettings, generate_pair, prompt_limit
+    from explorer.steering import GenerationSettings, generate_pair, parse_stop, prompt_limit
 
     interventions = [parse_intervention(s, m) for m in ("clamp", "scale", "add", "ablate") for s in getattr(args, m) or []]
     if not interventions:
         raise CliError("Nothing to steer. Fix: add e.g. --clamp 12=3x or --ablate 12")
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_p=args.top_p, seed=args.seed, chat=args.chat)
+    stop = parse_stop(args.stop_when) if args.stop_when else None
     ws = workspace(args)
-    result = generate_pair(ws.lm, ws.sae, args.prompt, interventions, settings, ws.max_acts())
+    result = generate_pair(ws.lm, ws.sae, args.prompt, interventions, settings, ws.max_acts(), stop=stop)
     if result.truncated_from:
         print(cut_note(result.truncated_from, prompt_limit(ws.lm, settings)))
     width = max(30, (shutil.get_terminal_size().columns - 3) // 2)
     left = textwrap.wrap(printable(result.clean.text.replace("\n", " ↵ ")), width) or [""]
     right = textwrap.wrap(printable(result.steered.text.replace("\n", " ↵ ")), width) or [""]
-    steer_names = ", ".join(iv.describe() for iv in interventions)
+    steer_names = printable(", ".join(iv.describe() for iv in interventions))  # a pattern is the user's text
     print(f"{'UNCLAMPED':<{width}} | STEERED ({steer_names})")
     print("-" * width + "-+-" + "-" * width)
     for i in range(max(len(left), len(right))):
         print(f"{(left[i] if i < len(left) else ''):<{width}} | {right[i] if i < len(right) else ''}")
     where = "never" if result.diverge_at is None else f"at generated token {result.diverge_at}"
     print(f"\nCompletions diverge {where}.")
+    if result.steered.stopped_at is not None:
+        print(f"The steered completion stopped after generated token {result.steered.stopped_at} "
+              f"({result.steered.stopped_by.describe()}).")
     if ws.untrained:
         print(UNTRAINED_NOTE)
 
@@ -356,12 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_workspace_args(p)
     p.set_defaults(func=cmd_activations)
 
-    p = sub.add_parser("steer", help="generate with and without steered features, side by side")
+    p = sub.add_parser("steer", help="generate with and without steered features, side by side",
+                       epilog="Conditions: any intervention may end in @CONDITION to apply only where it holds: "
+                              "@f45>0.5 (where feature 45's activation is above 0.5), @gen (generated tokens "
+                              "only, not the prompt), @after=REGEX (once the generated text matches REGEX). "
+                              "E.g. --clamp '12=3x@f45>0.5' --ablate '7@gen' --add '3=5@after=\\.' "
+                              "(quote them: > is a shell redirect).")
     p.add_argument("prompt")
     for mode, example in (("clamp", "12=3x"), ("scale", "12=0.5"), ("add", "12=-4")):
-        p.add_argument(f"--{mode}", action="append", metavar="FEATURE=VALUE",
+        p.add_argument(f"--{mode}", action="append", metavar="FEATURE=VALUE[@CONDITION]",
                        help=f"{mode} a feature, e.g. {example}; a value ending in x is a multiple of its max activation")
-    p.add_argument("--ablate", action="append", metavar="FEATURE", help="set a feature to 0")
+    p.add_argument("--ablate", action="append", metavar="FEATURE[@CONDITION]", help="set a feature to 0")
+    p.add_argument("--stop-when", metavar="FEATURE>THRESHOLD",
+                   help="end the steered completion after the token where the feature fires above the threshold, "
+                        "e.g. '45>0.5'")
     p.add_argument("--max-new-tokens", type=count, default=40)
     p.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
     p.add_argument("--top-p", type=float, default=1.0)

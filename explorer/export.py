@@ -139,28 +139,46 @@ def card_to_json(card: FeatureCard, *, model: str, hook: str, sae_id: str) -> di
 
 def steering_to_json(result: SteeringResult, *, labels: dict[int, str] | None = None) -> dict:
     """The prompt, the interventions (with feature labels when given), the
-    settings and both completions; `diverge_at` indexes the generated tokens."""
+    settings and both completions; `diverge_at` indexes the generated tokens.
+    Conditions, the stop condition and where a completion stopped appear only
+    when there are any, so older exports keep their bytes."""
     labels = labels or {}
-    return {
+    out = {
         "format": "sae-feature-explorer/steering",
         "format_version": FORMAT_VERSION,
         "prompt": result.prompt,
-        "interventions": [
-            {
-                "feature": int(iv.feature),
-                "label": labels.get(iv.feature, ""),
-                "mode": iv.mode,
-                "value": _num(iv.value),
-                "relative": bool(iv.relative),
-                "description": iv.describe(),
-            }
-            for iv in result.interventions
-        ],
+        "interventions": [_intervention_json(iv, labels) for iv in result.interventions],
         "settings": dataclasses.asdict(result.settings),
-        "clean": {"token_ids": [int(t) for t in result.clean.token_ids], "text": result.clean.text},
-        "steered": {"token_ids": [int(t) for t in result.steered.token_ids], "text": result.steered.text},
+        "clean": _completion_json(result.clean),
+        "steered": _completion_json(result.steered),
         "diverge_at": result.diverge_at,
     }
+    if result.stop is not None:
+        out["stop"] = {**dataclasses.asdict(result.stop), "threshold": _num(result.stop.threshold),
+                       "description": result.stop.describe()}
+    return out
+
+
+def _intervention_json(iv, labels: dict[int, str]) -> dict:
+    out = {
+        "feature": int(iv.feature),
+        "label": labels.get(iv.feature, ""),
+        "mode": iv.mode,
+        "value": _num(iv.value),
+        "relative": bool(iv.relative),
+        "description": iv.describe(),
+    }
+    if iv.condition is not None:
+        out["condition"] = {**dataclasses.asdict(iv.condition), "threshold": _num(iv.condition.threshold)}
+    return out
+
+
+def _completion_json(c) -> dict:
+    out = {"token_ids": [int(t) for t in c.token_ids], "text": c.text}
+    if c.stopped_at is not None:
+        out["stopped_at"] = int(c.stopped_at)
+        out["stopped_by"] = c.stopped_by.describe() if c.stopped_by else ""
+    return out
 
 
 # ---------------------------------------------------------------- Markdown
@@ -258,7 +276,8 @@ def steering_to_markdown(result: SteeringResult, *, labels: dict[int, str] | Non
     lines += [
         "",
         f"Settings: {s.max_new_tokens} new tokens, temperature {s.temperature:g}, top_p {s.top_p:g}, seed {s.seed}"
-        + (", chat template" if s.chat else ""),
+        + (", chat template" if s.chat else "")
+        + (f", {md_escape(result.stop.describe())} (steered row)" if result.stop else ""),
         "",
         "## Clean",
         "",
@@ -268,12 +287,20 @@ def steering_to_markdown(result: SteeringResult, *, labels: dict[int, str] | Non
         "",
         _fence(result.steered.text),
         "",
+        *_stopped_md(result.steered),
         "Identical completions."
         if result.diverge_at is None
         else f"The completions first differ at generated token {result.diverge_at}.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _stopped_md(c) -> list[str]:
+    if c.stopped_at is None:
+        return []
+    why = f" ({md_escape(c.stopped_by.describe())})" if c.stopped_by else ""
+    return [f"Stopped after generated token {int(c.stopped_at)}{why}.", ""]
 
 
 # ---------------------------------------------------------------- HTML

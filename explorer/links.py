@@ -2,27 +2,37 @@
 
 A link can name a feature (`?feature=123`), a prompt (`?prompt=...`) and a
 steering run (`?steer=123:clamp:3x,45:ablate` plus `max_new_tokens`,
-`temperature`, `top_p`, `seed`, `chat`). Links come from other people, so
+`temperature`, `top_p`, `seed`, `chat`). A steer item may end in a condition:
+`123:clamp:3x@f45>0.5` (where feature 45 is above 0.5), `@gen` (generated
+tokens only) or `@after=REGEX` (REGEX percent-encoded, so `,` `:` `@` are
+safe); `stop=45>0.5` ends the steered completion once feature 45 fires above 0.5. Links come from other people, so
 nothing here raises: every bad value becomes a readable problem in
 `LinkState.problems` and the default is used instead.
 
 Public names: `LinkState`, `parse_links`, `to_query`, `parse_steer`,
-`format_steer`, `LIMITS`, and `VALUE_RANGES` (the steering module's, which
+`format_steer`, `format_condition`, `LIMITS`, and `VALUE_RANGES` (the steering module's, which
 the app's sliders use too).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import quote, unquote
 
 from explorer.steering import (
     MODES,
     VALUE_RANGES,  # noqa: F401  (part of this module's API: the app's sliders read it here)
+    Condition,
     GenerationSettings,
     Intervention,
     SteeringError,
+    StopCondition,
+    check_condition,
+    parse_condition,
+    parse_stop,
     value_range,
 )
 
@@ -50,6 +60,7 @@ class LinkState:
     top_p: float = float(LIMITS["top_p"][2])
     seed: int = int(LIMITS["seed"][2])
     chat: bool = False
+    stop: StopCondition | None = None
     problems: tuple[str, ...] = field(default=(), compare=False)
     """One readable sentence per bad value in the link (the default was used)."""
 
@@ -80,7 +91,31 @@ def _feature(text: str, d_sae: int | None, what: str) -> tuple[int | None, str |
     return feature, None
 
 
+def _condition(text: str, d_sae: int | None) -> tuple[Condition | None, str | None]:
+    """The text after '@' in a steer item: f45>0.5, gen, or after= a percent-encoded regex."""
+    text = text.strip()
+    if text.startswith("after="):
+        text = "after=" + unquote(text.removeprefix("after="))
+    try:
+        cond = parse_condition(text)
+        check_condition(cond, d_sae)
+    except SteeringError as err:
+        return None, str(err)
+    return cond, None
+
+
 def _steer_item(item: str, d_sae: int | None) -> tuple[Intervention | None, str | None]:
+    item, at, condition = item.partition("@")
+    iv, problem = _edit(item, d_sae)
+    if iv is None or not at:
+        return iv, problem
+    cond, problem = _condition(condition, d_sae)
+    if problem:  # steering everywhere instead would be another experiment
+        return None, f"steer item '{item}@{condition}': {problem}; skipped"
+    return dataclasses.replace(iv, condition=cond), None
+
+
+def _edit(item: str, d_sae: int | None) -> tuple[Intervention | None, str | None]:
     parts = [p.strip() for p in item.split(":")]
     feature, problem = _feature(parts[0], d_sae, "feature")
     if problem:
@@ -107,7 +142,7 @@ def _steer_item(item: str, d_sae: int | None) -> tuple[Intervention | None, str 
 
 
 def parse_steer(text: str, d_sae: int | None = None) -> tuple[tuple[Intervention, ...], list[str]]:
-    """`123:clamp:3x,45:ablate` -> interventions, plus one problem per skipped item."""
+    """`123:clamp:3x,45:ablate@gen` -> interventions, plus one problem per skipped item."""
     items = [i for i in (text or "").split(",") if i.strip()]
     problems: list[str] = []
     if len(items) > MAX_STEER_ITEMS:
@@ -132,7 +167,25 @@ def format_steer(interventions) -> str:
         else:
             suffix = "x" if iv.relative and iv.mode != "scale" else ""
             items.append(f"{iv.feature}:{iv.mode}:{float(iv.value):g}{suffix}")
+        if iv.condition is not None:
+            items[-1] += "@" + format_condition(iv.condition)
     return ",".join(items)
+
+
+def format_condition(cond: Condition) -> str:
+    """A condition as a steer item writes it: the pattern percent-encoded."""
+    if cond.kind == "after_pattern":
+        return "after=" + quote(cond.pattern, safe="")
+    return cond.spec()
+
+
+def _stop(text: str, d_sae: int | None) -> tuple[StopCondition | None, str | None]:
+    try:
+        stop = parse_stop(text)
+        check_condition(stop, d_sae)
+    except SteeringError as err:
+        return None, f"stop '{text}': {err}; not used"
+    return stop, None
 
 
 def _setting(name: str, text: str) -> tuple[float, str | None]:
@@ -170,6 +223,9 @@ def parse_links(params: Mapping[str, str], *, d_sae: int | None = None) -> LinkS
     if "steer" in params:
         values["steer"], steer_problems = parse_steer(str(params["steer"]), d_sae)
         problems += steer_problems
+    if params.get("stop"):
+        values["stop"], problem = _stop(str(params["stop"]), d_sae)
+        problems += [problem] if problem else []
     for name in LIMITS:
         if name in params:
             value, problem = _setting(name, str(params[name]))
@@ -199,4 +255,6 @@ def to_query(state: LinkState) -> dict[str, str]:
             query[name] = str(int(value)) if name in _INTEGER else f"{float(value):g}"
     if state.chat:
         query["chat"] = "1"
+    if state.stop is not None:
+        query["stop"] = state.stop.spec()
     return query

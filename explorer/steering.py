@@ -7,11 +7,18 @@ decode(f_edited) - decode(f): with no edit the model is untouched.
 Rows of one batch carry their own interventions (row 0 none, row 1 the user's
 clamps), so an unclamped/clamped pair costs about one generation, and every
 decoding step is steered, the KV-cached ones included.
+
+An intervention may carry a `Condition` (apply only where another feature is
+above a threshold, only on generated tokens, or only once the generated text
+matches a pattern), and a row a `StopCondition` (end the row once a feature
+fires above a threshold). Both read the row's own features at the hook, as
+encoded there for the edit (no extra forward), before this position's edits.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
@@ -36,8 +43,59 @@ TEMPERATURE_RANGE = (0.01, 100.0)
 SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
+CONDITION_KINDS = ("feature_above", "generated_only", "after_pattern")
+# A pattern is searched in the whole generated text at every step: a short cap
+# keeps a pasted or linked pattern from costing more than the step itself.
+MAX_PATTERN_CHARS = 200
+
+
 class SteeringError(ValueError):
     """An intervention or setting is invalid; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Where an intervention applies, judged per row and per position.
+
+    feature_above: where `feature`'s activation at the same hook is > `threshold`;
+    generated_only: at generated tokens, not the prompt's;
+    after_pattern: once the row's generated text so far matches the regex
+    `pattern` (re.search), and from then on; the prompt is checked against ''."""
+
+    kind: str
+    feature: int = 0
+    threshold: float = 0.0
+    pattern: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "feature_above":
+            return f"when #{self.feature} > {self.threshold:g}"
+        if self.kind == "generated_only":
+            return "on generated tokens"
+        return f"after /{self.pattern}/"
+
+    def spec(self) -> str:
+        """The text `parse_condition` reads back: f45>0.5, gen, after=REGEX."""
+        if self.kind == "feature_above":
+            return f"f{self.feature}>{self.threshold:g}"
+        if self.kind == "generated_only":
+            return "gen"
+        return f"after={self.pattern}"
+
+
+@dataclass(frozen=True)
+class StopCondition:
+    """End a row once `feature`'s activation at a generated token is > `threshold`;
+    that token is the row's last. The prompt's tokens are not read."""
+
+    feature: int
+    threshold: float
+
+    def describe(self) -> str:
+        return f"stop when #{self.feature} > {self.threshold:g}"
+
+    def spec(self) -> str:
+        return f"{self.feature}>{self.threshold:g}"
 
 
 @dataclass(frozen=True)
@@ -46,12 +104,78 @@ class Intervention:
     mode: str = "clamp"
     value: float = 0.0
     relative: bool = False  # value is a multiple of the feature's max activation
+    condition: Condition | None = None  # None: every position
 
     def describe(self) -> str:
         if self.mode == "ablate":
-            return f"ablate #{self.feature}"
-        unit = "x max" if self.relative else ""
-        return f"{self.mode} #{self.feature} {self.value:g}{unit}"
+            text = f"ablate #{self.feature}"
+        else:
+            unit = "x max" if self.relative else ""
+            text = f"{self.mode} #{self.feature} {self.value:g}{unit}"
+        return f"{text} {self.condition.describe()}" if self.condition else text
+
+
+def _threshold(text: str, what: str) -> tuple[int, float]:
+    """'45>0.5' or 'f45>0.5' -> (45, 0.5)."""
+    feature, _, threshold = text.strip().removeprefix("f").partition(">")
+    try:
+        return int(feature), _finite(float(threshold))
+    except ValueError:
+        raise SteeringError(f"{what} {text!r} is not FEATURE>THRESHOLD. Fix: write e.g. 45>0.5") from None
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(value)
+    return value
+
+
+def parse_condition(text: str) -> Condition:
+    """'f45>0.5' (feature 45 above 0.5), 'gen' (generated tokens only) or 'after=REGEX'."""
+    text = text.strip()
+    if text == "gen":
+        return Condition("generated_only")
+    if text.startswith("after="):
+        return Condition("after_pattern", pattern=text.removeprefix("after="))
+    if text.startswith("f"):
+        feature, threshold = _threshold(text, "condition")
+        return Condition("feature_above", feature, threshold)
+    raise SteeringError(f"Unknown condition {text!r}. Fix: use f45>0.5 (feature 45 above 0.5), "
+                        "gen (generated tokens only) or after=REGEX")
+
+
+def parse_stop(text: str) -> StopCondition:
+    """'45>0.5': end the row once feature 45 is above 0.5."""
+    return StopCondition(*_threshold(text, "stop condition"))
+
+
+def check_condition(cond: Condition | StopCondition | None, d_sae: int | None) -> None:
+    """Raise SteeringError unless the condition can be evaluated on this SAE
+    (d_sae None: any feature id of 0 or more)."""
+    if cond is None:
+        return
+    kind = getattr(cond, "kind", "feature_above")  # a StopCondition reads like feature_above
+    if kind not in CONDITION_KINDS:
+        raise SteeringError(f"Unknown condition kind {kind!r}. Fix: use one of {', '.join(CONDITION_KINDS)}")
+    if kind == "feature_above":
+        if cond.feature < 0 or (d_sae is not None and cond.feature >= d_sae):
+            upper = f"0..{d_sae - 1}" if d_sae is not None else "0 or more"
+            raise SteeringError(f"{cond.describe()}: feature {cond.feature} does not exist. Fix: pick a feature in {upper}")
+        if not math.isfinite(float(cond.threshold)):
+            raise SteeringError(f"The threshold of feature {cond.feature} is not a finite number. Fix: use e.g. 0.5")
+    if kind == "after_pattern":
+        compile_pattern(cond.pattern)
+
+
+def compile_pattern(pattern: str) -> re.Pattern:
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise SteeringError(f"The pattern has {len(pattern)} characters, more than {MAX_PATTERN_CHARS}. "
+                            "Fix: use a shorter pattern")
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise SteeringError(f"The pattern {pattern!r} is not a regular expression ({err}). "
+                            "Fix: escape special characters such as ( or [ with a backslash") from None
 
 
 def value_range(iv: Intervention) -> tuple[float, float]:
@@ -105,6 +229,8 @@ class GenerationSettings:
 class Completion:
     token_ids: list[int]
     text: str
+    stopped_at: int | None = None  # index of the generated token where `stopped_by` fired (the last kept)
+    stopped_by: StopCondition | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +242,7 @@ class SteeringResult:
     steered: Completion
     diverge_at: int | None  # index of the first generated token that differs
     truncated_from: int | None = None  # the prompt's token count when it was cut (prompt_limit)
+    stop: StopCondition | None = None  # the steered row's stop condition
 
 
 @dataclass(frozen=True)
@@ -125,6 +252,7 @@ class _Resolved:
     feature: int
     mode: str
     value: float
+    condition: Condition | None = None
 
 
 def resolve(interventions: list[Intervention], d_sae: int, max_acts: Mapping[int, float] | None = None) -> list[_Resolved]:
@@ -135,6 +263,7 @@ def resolve(interventions: list[Intervention], d_sae: int, max_acts: Mapping[int
         if not 0 <= iv.feature < d_sae:
             raise SteeringError(f"Feature {iv.feature} does not exist. Fix: pick a feature in 0..{d_sae - 1}")
         check_value(iv)
+        check_condition(iv.condition, d_sae)
         value = float(iv.value)
         if iv.relative and iv.mode in ("clamp", "add"):
             if not max_acts or iv.feature not in max_acts:
@@ -149,40 +278,106 @@ def resolve(interventions: list[Intervention], d_sae: int, max_acts: Mapping[int
                     f"{iv.describe()} is {value:g} activation units (max activation {max_acts[iv.feature]:g}), "
                     f"outside {low:g}..{high:g}. Fix: use a smaller multiple, or an absolute value"
                 )
-        out.append(_Resolved(iv.feature, iv.mode, 0.0 if iv.mode == "ablate" else value))
+        out.append(_Resolved(iv.feature, iv.mode, 0.0 if iv.mode == "ablate" else value, iv.condition))
     return out
 
 
-def edit_features(f: torch.Tensor, edits: list[_Resolved]) -> torch.Tensor:
-    """Apply edits to latents f [..., d_sae]; returns a new tensor."""
+def edit_features(f: torch.Tensor, edits: list[_Resolved], masks: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """Apply edits to latents f [..., d_sae]; returns a new tensor.
+
+    `masks`: per edit, a bool tensor shaped f[..., 0] saying where it applies (None: everywhere)."""
     f = f.clone()
-    for e in edits:
+    for e, mask in zip(edits, masks or [None] * len(edits)):
+        column = f[..., e.feature]
         if e.mode in ("clamp", "ablate"):
-            f[..., e.feature] = e.value
+            new = torch.full_like(column, e.value)
         elif e.mode == "scale":
-            f[..., e.feature] *= e.value
+            new = column * e.value
         else:  # add
-            f[..., e.feature] += e.value
+            new = column + e.value
+        f[..., e.feature] = new if mask is None else torch.where(mask, new, column)
     return f
 
 
-def row_edit(sae: SAE, rows: list[list[_Resolved]]):
-    """A hook edit that steers each batch row by its own list of edits."""
-    steered = [i for i, edits in enumerate(rows) if edits]
-    features = [sorted({e.feature for e in edits}) for edits in rows]
+class RowEdit:
+    """The hook edit of one generation: steers each batch row by its own edits,
+    each where its condition holds, and notes rows whose stop feature fired.
 
-    def edit(act: torch.Tensor) -> torch.Tensor | None:
-        if not steered:
-            return None
-        out = act.clone()
-        for i in steered:
-            x = act[i].to(sae.dtype)
-            f = sae.encode(x)
-            delta = sae.decode_change(f, edit_features(f, rows[i]), features[i], like=x)
+    The generation loop sets `generated` once the prompt has gone through and,
+    while `wants_text(row)`, that row's generated text in `texts` before each
+    forward. `applied[row]` grows by one bool per position seen: whether any edit
+    changed it (rows without edits stay empty)."""
+
+    def __init__(self, sae: SAE, rows: list[list[_Resolved]], stops: list[StopCondition | None] | None = None):
+        self.sae = sae
+        self.rows = rows
+        self.stops = list(stops) if stops else [None] * len(rows)
+        self.features = [sorted({e.feature for e in edits}) for edits in rows]
+        self.patterns = [[compile_pattern(e.condition.pattern) if _kind(e) == "after_pattern" else None for e in edits]
+                         for edits in rows]
+        self.matched = [[False] * len(edits) for edits in rows]  # after_pattern: latched at the first match
+        self.generated = False
+        self.texts = [""] * len(rows)
+        self.fired: dict[int, float] = {}  # row -> its stop feature's activation at the last position, when above
+        self.applied: list[list[bool]] = [[] for _ in rows]
+
+    def wants_text(self, row: int) -> bool:
+        return any(p is not None and not m for p, m in zip(self.patterns[row], self.matched[row]))
+
+    def __call__(self, act: torch.Tensor) -> torch.Tensor | None:
+        out = None
+        for i, edits in enumerate(self.rows):
+            watch = self.generated and self.stops[i] is not None
+            if not edits and not watch:
+                continue
+            x = act[i].to(self.sae.dtype)  # (seq, d_in)
+            f = self.sae.encode(x)  # (seq, d_sae)
+            if watch:
+                self._check_stop(i, f)
+            if not edits:
+                continue
+            masks = self._masks(i, f)
+            if all(m is None for m in masks):  # every edit applies everywhere: no mask, no sync
+                self.applied[i] += [True] * f.shape[0]
+                f_new = edit_features(f, edits)
+            else:
+                where = [torch.ones_like(f[:, 0], dtype=torch.bool) if m is None else m for m in masks]
+                applied = torch.stack(where).any(0).tolist()
+                self.applied[i] += applied
+                if not any(applied):  # the row goes through untouched, bit for bit
+                    continue
+                f_new = edit_features(f, edits, masks)
+            delta = self.sae.decode_change(f, f_new, self.features[i], like=x)
+            out = act.clone() if out is None else out
             out[i] = (x + delta).to(act.dtype)
         return out
 
-    return edit
+    def _masks(self, i: int, f: torch.Tensor) -> list[torch.Tensor | None]:
+        """Per edit of row i, where it applies among the positions of f (None: all of them)."""
+        nowhere = torch.zeros(f.shape[0], dtype=torch.bool, device=f.device)
+        masks: list[torch.Tensor | None] = []
+        for k, e in enumerate(self.rows[i]):
+            kind = _kind(e)
+            if kind is None:
+                masks.append(None)
+            elif kind == "feature_above":
+                masks.append(f[:, e.condition.feature] > e.condition.threshold)
+            elif kind == "generated_only":
+                masks.append(None if self.generated else nowhere)
+            else:  # after_pattern
+                self.matched[i][k] = self.matched[i][k] or self.patterns[i][k].search(self.texts[i]) is not None
+                masks.append(None if self.matched[i][k] else nowhere)
+        return masks
+
+    def _check_stop(self, i: int, f: torch.Tensor) -> None:
+        stop = self.stops[i]
+        value = float(f[-1, stop.feature])  # the newest token's position
+        if value > stop.threshold:
+            self.fired[i] = value
+
+
+def _kind(e: _Resolved) -> str | None:
+    return e.condition.kind if e.condition else None
 
 
 def _sample(logits: torch.Tensor, settings: GenerationSettings, gens: list[torch.Generator]) -> torch.Tensor:
@@ -220,45 +415,75 @@ def stream_rows(
     rows: list[list[Intervention]],
     settings: GenerationSettings = GenerationSettings(),
     max_acts: Mapping[int, float] | None = None,
+    stops: list[StopCondition | None] | None = None,
+    stopped: dict[int, int] | None = None,
 ) -> Iterator[list[int | None]]:
     """Generate one completion per row (each row its own interventions) and
     yield, per step, the new token of every row (None once a row has ended).
+
+    `stops`: per row, a StopCondition or None. A row stops after the generated
+    token at which its stop feature fired; `stopped`, when given, receives
+    row -> that token's index.
 
     Holds the model's lock until the generator finishes or is closed: close it
     (e.g. `contextlib.closing`) when you stop reading early. A prompt longer than
     `prompt_limit` is cut to it (`prompt_truncation` says whether it was)."""
     resolved = [resolve(r, sae.cfg.d_sae, max_acts) for r in rows]
+    if stops is not None and len(stops) != len(rows):
+        raise SteeringError(f"{len(stops)} stop conditions for {len(rows)} rows. Fix: give one per row (None for none)")
+    for stop in stops or []:
+        check_condition(stop, sae.cfg.d_sae)
+    edit = RowEdit(sae, resolved, stops)
     ids, _ = encode_prompt(lm, prompt, settings.chat, prompt_limit(lm, settings))
     ids = ids.repeat(len(rows), 1)
     gens = [torch.Generator(device=lm.device).manual_seed(settings.seed) for _ in rows]
     eos = lm.tokenizer.eos_token_id
     done = torch.zeros(len(rows), dtype=torch.bool, device=lm.device)
+    generated: list[list[int]] = [[] for _ in rows]  # kept only for rows waiting on a pattern
     cache = new_cache(lm.model)
-    with lm.lock, hooked(lm.model, {sae.cfg.hook_name: sae_space(lm.model, sae.cfg).wrap(row_edit(sae, resolved))}):
+    with lm.lock, hooked(lm.model, {sae.cfg.hook_name: sae_space(lm.model, sae.cfg).wrap(edit)}):
         out = lm.model(ids, use_cache=True, logits_to_keep=1, **cache)
-        for _ in range(settings.max_new_tokens):
+        edit.generated = True
+        for step in range(settings.max_new_tokens):
             nxt = _sample(out.logits[:, -1], settings, gens)
             yield [None if d else int(t) for t, d in zip(nxt.tolist(), done.tolist())]
             if settings.stop_at_eos and eos is not None:
                 done |= nxt == eos
                 if bool(done.all()):
                     return
+            for i in range(len(rows)):
+                if edit.wants_text(i):
+                    generated[i].append(int(nxt[i]))
+                    edit.texts[i] = lm.tokenizer.decode(generated[i], skip_special_tokens=False)
             out = lm.model(nxt[:, None], use_cache=True, **cache)
+            if edit.fired:
+                for i in edit.fired:
+                    if not done[i] and stopped is not None:
+                        stopped[i] = step
+                    done[i] = True
+                edit.fired.clear()
+                if bool(done.all()):
+                    return
 
 
-def generate_rows(lm, sae, prompt, rows, settings=GenerationSettings(), max_acts=None) -> list[Completion]:
+def generate_rows(lm, sae, prompt, rows, settings=GenerationSettings(), max_acts=None, stops=None) -> list[Completion]:
+    """One Completion per row; `stops` as in `stream_rows`."""
     tokens: list[list[int]] = [[] for _ in rows]
-    for step in stream_rows(lm, sae, prompt, rows, settings, max_acts):
+    stopped: dict[int, int] = {}
+    for step in stream_rows(lm, sae, prompt, rows, settings, max_acts, stops, stopped):
         for i, t in enumerate(step):
             if t is not None:
                 tokens[i].append(t)
-    return [completion(lm, t, settings) for t in tokens]
+    return [completion(lm, t, settings, stopped.get(i), stops[i] if i in stopped else None)
+            for i, t in enumerate(tokens)]
 
 
-def completion(lm: LoadedModel, ids: list[int], settings: GenerationSettings) -> Completion:
+def completion(lm: LoadedModel, ids: list[int], settings: GenerationSettings,
+               stopped_at: int | None = None, stopped_by: StopCondition | None = None) -> Completion:
     eos = lm.tokenizer.eos_token_id
     shown = ids[:-1] if settings.stop_at_eos and ids and ids[-1] == eos else ids
-    return Completion(token_ids=ids, text=lm.tokenizer.decode(shown, skip_special_tokens=False))
+    return Completion(token_ids=ids, text=lm.tokenizer.decode(shown, skip_special_tokens=False),
+                      stopped_at=stopped_at, stopped_by=stopped_by)
 
 
 def prompt_truncation(lm: LoadedModel, prompt: str, settings: GenerationSettings) -> int | None:
@@ -281,18 +506,20 @@ def generate_pair(
     settings: GenerationSettings = GenerationSettings(),
     max_acts: Mapping[int, float] | None = None,
     clean: Completion | None = None,
+    stop: StopCondition | None = None,
 ) -> SteeringResult:
     """The unclamped and the clamped completion, as one batch of two rows.
 
     `clean`: the unclamped completion of an earlier run with the same prompt and
     settings; it does not depend on the interventions, so only the clamped row is
-    generated (batch one)."""
+    generated (batch one). `stop` ends the steered row only (the clean row is the
+    model as it is)."""
     if not interventions:
         raise SteeringError("No feature is steered. Fix: add at least one intervention")
     if clean is None:
-        clean, steered = generate_rows(lm, sae, prompt, [[], list(interventions)], settings, max_acts)
+        clean, steered = generate_rows(lm, sae, prompt, [[], list(interventions)], settings, max_acts, [None, stop])
     else:
-        (steered,) = generate_rows(lm, sae, prompt, [list(interventions)], settings, max_acts)
+        (steered,) = generate_rows(lm, sae, prompt, [list(interventions)], settings, max_acts, [stop])
     return SteeringResult(
         prompt=prompt,
         interventions=tuple(interventions),
@@ -301,4 +528,5 @@ def generate_pair(
         steered=steered,
         diverge_at=first_difference(clean.token_ids, steered.token_ids),
         truncated_from=prompt_truncation(lm, prompt, settings),
+        stop=stop,
     )

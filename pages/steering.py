@@ -6,7 +6,17 @@ import streamlit as st
 
 from explorer import export
 from explorer.links import LIMITS, VALUE_RANGES, LinkState, to_query
-from explorer.steering import MODES, GenerationSettings, Intervention, generate_rows
+from explorer.steering import (
+    MODES,
+    Condition,
+    GenerationSettings,
+    Intervention,
+    SteeringError,
+    StopCondition,
+    check_condition,
+    generate_rows,
+    parse_stop,
+)
 from ui import completions, links
 from ui.errors import shown_as_message
 from ui.features import feature_md, feature_name, label, max_act, md
@@ -16,6 +26,9 @@ from ui.workspace import ws_key
 PAGE = "steering"
 DEFAULT_PROMPT = "My favourite thing to do on a sunny day is"
 MAX_HISTORY = 50  # runs kept per session
+# The condition picker's choices -> (Condition kind, what its one text box asks for)
+CONDITIONS = {"always": (None, ""), "where feature >": ("feature_above", "Feature>threshold"),
+              "generated tokens": ("generated_only", ""), "after text matches": ("after_pattern", "Pattern (regex)")}
 
 
 def steering_page() -> None:
@@ -28,11 +41,12 @@ def steering_page() -> None:
     if ws.index is None:
         st.caption("No index is loaded, so values are absolute activations (no '× max').")
     ivs = editor(ws)
+    stop = stop_input(ws)
     prompt, settings = settings_form()
     links.write_link(PAGE, to_query(LinkState(prompt=prompt, steer=tuple(ivs), max_new_tokens=settings.max_new_tokens,
                                                temperature=settings.temperature, top_p=settings.top_p,
-                                               seed=settings.seed, chat=settings.chat)))
-    compare(ws, prompt, ivs, settings)
+                                               seed=settings.seed, chat=settings.chat, stop=stop)))
+    compare(ws, prompt, ivs, settings, stop)
     sweep(ws, prompt, ivs, settings)
     history_panel(ws)
 
@@ -45,17 +59,18 @@ def load_link(ws, state: LinkState) -> None:
             st.error(f"Problem in the link: '{iv.describe()}' needs the feature's max activation, which is unknown "
                      "(no index is loaded, or the feature never fired in it). "
                      f"Using the absolute value {iv.value:g} instead: adjust it below.")
-            iv = Intervention(iv.feature, iv.mode, iv.value, relative=False)
-        add_item(iv.feature, iv.mode, iv.value, iv.relative)
+            iv = Intervention(iv.feature, iv.mode, iv.value, relative=False, condition=iv.condition)
+        add_item(iv.feature, iv.mode, iv.value, iv.relative, iv.condition)
     st.session_state.update(steer_prompt=state.prompt or DEFAULT_PROMPT, steer_new=state.max_new_tokens,
                             steer_temp=state.temperature, steer_top_p=state.top_p, steer_seed=state.seed,
-                            steer_chat=state.chat)
+                            steer_chat=state.chat, steer_stop=state.stop.spec() if state.stop else "")
 
 
 def editor(ws) -> list[Intervention]:
     st.subheader("Features to steer")
-    ivs = [item_row(ws, item) for item in st.session_state.setdefault("steer_items", [])]
-    if not ivs:
+    items = st.session_state.setdefault("steer_items", [])
+    ivs = [iv for iv in (item_row(ws, item) for item in items) if iv is not None]
+    if not items:
         st.info("No feature yet: add one below, or open this page from a token or a feature card.")
     with st.container(horizontal=True, vertical_alignment="bottom"):
         new = st.number_input("Feature id", 0, ws.sae.cfg.d_sae - 1, key="steer_new_feature", persist_state="session",
@@ -70,7 +85,8 @@ def editor(ws) -> list[Intervention]:
     return ivs
 
 
-def item_row(ws, item) -> Intervention:
+def item_row(ws, item) -> Intervention | None:
+    """One feature's editor row; None (with the reason shown) while its condition is invalid."""
     uid, feature = item["uid"], item["feature"]
     known = max_act(ws, feature)
     with st.container(horizontal=True, vertical_alignment="bottom", key=f"steer_row_{uid}"):
@@ -92,8 +108,48 @@ def item_row(ws, item) -> Intervention:
                 low, high = VALUE_RANGES["absolute"]
                 value = st.number_input("Value (activation units)", low, high, key=f"val_{uid}_abs",
                                         persist_state="session", step=1.0, width=200)
+        condition, problem = condition_picker(ws, uid)
         st.button("Remove", key=f"rm_{uid}", on_click=remove_item, args=(uid,), icon=":material/delete:")
-    return Intervention(feature, mode, float(value), relative)
+    if problem:
+        st.error(f"{feature_md(ws, feature)} is left out until its condition is fixed: {md(problem)}")
+        return None
+    return Intervention(feature, mode, float(value), relative, condition)
+
+
+def condition_picker(ws, uid: int) -> tuple[Condition | None, str | None]:
+    """Where the edit applies: a choice of CONDITIONS plus, for two of them, one text box."""
+    choice = st.selectbox("Apply", list(CONDITIONS), key=f"cond_{uid}", persist_state="session", width=170)
+    kind, asks = CONDITIONS[choice]
+    text = ""
+    if asks:
+        text = st.text_input(asks, key=f"cond_{uid}_{kind}", persist_state="session", width=170,
+                             placeholder="45>0.5" if kind == "feature_above" else r"\.")
+    if kind is None:
+        return None, None
+    try:
+        if kind == "feature_above":
+            watched = parse_stop(text)  # the same FEATURE>THRESHOLD
+            cond = Condition(kind, watched.feature, watched.threshold)
+        else:
+            cond = Condition(kind, pattern=text)
+        check_condition(cond, ws.sae.cfg.d_sae)
+    except SteeringError as err:
+        return None, str(err)
+    return cond, None
+
+
+def stop_input(ws) -> StopCondition | None:
+    text = st.text_input("Stop the steered completion when (feature>threshold)", key="steer_stop",
+                         persist_state="session", placeholder="45>0.5 (empty: never)", width=320).strip()
+    if not text:
+        return None
+    try:
+        stop = parse_stop(text)
+        check_condition(stop, ws.sae.cfg.d_sae)
+    except SteeringError as err:
+        st.error(f"The stop condition is not used: {md(str(err))}")
+        return None
+    return stop
 
 
 def slider(title: str, kind: str, key: str, default: float, step: float, **kw):
@@ -102,11 +158,16 @@ def slider(title: str, kind: str, key: str, default: float, step: float, **kw):
     return st.slider(title, low, high, key=key, step=step, persist_state="session", **kw)
 
 
-def add_item(feature: int, mode: str = "clamp", value: float | None = None, relative: bool | None = None) -> None:
+def add_item(feature: int, mode: str = "clamp", value: float | None = None, relative: bool | None = None,
+             condition: Condition | None = None) -> None:
     """Add a feature to steer; seeds its widgets' state (callbacks run before widgets exist)."""
     uid = st.session_state["steer_uid"] = st.session_state.get("steer_uid", 0) + 1
     st.session_state.setdefault("steer_items", []).append({"uid": uid, "feature": int(feature)})
     st.session_state[f"mode_{uid}"] = mode
+    if condition is not None:
+        st.session_state[f"cond_{uid}"] = next(c for c, (kind, _) in CONDITIONS.items() if kind == condition.kind)
+        st.session_state[f"cond_{uid}_{condition.kind}"] = (condition.pattern if condition.kind == "after_pattern"
+                                                             else f"{condition.feature}>{condition.threshold:g}")
     st.session_state[f"rel_{uid}"] = True if relative is None else relative
     if value is not None:
         kind = "scale" if mode == "scale" else "rel" if relative else "abs"
@@ -134,7 +195,7 @@ def settings_form() -> tuple[str, GenerationSettings]:
                                       top_p=float(s.steer_top_p), seed=int(s.steer_seed), chat=bool(s.steer_chat))
 
 
-def compare(ws, prompt: str, ivs, settings) -> None:
+def compare(ws, prompt: str, ivs, settings, stop: StopCondition | None = None) -> None:
     """Side by side: streamed while generating, the last result otherwise."""
     history = st.session_state.setdefault("steer_history", [])
     clicked = st.button("Generate", type="primary", key="generate", icon=":material/play_arrow:")
@@ -151,7 +212,7 @@ def compare(ws, prompt: str, ivs, settings) -> None:
             completions.cut_notice(notice, cut)
             clean = completions.earlier_clean(ws, history, prompt, settings)
             boxes[1 if clean else 0].caption("waiting for the model…")
-            result = completions.stream_pair(ws, prompt, ivs, settings, boxes, clean)
+            result = completions.stream_pair(ws, prompt, ivs, settings, boxes, clean, stop)
         if outcome.failed:
             return
         n = history[0]["n"] + 1 if history else 1
@@ -163,6 +224,7 @@ def compare(ws, prompt: str, ivs, settings) -> None:
         last = history[0]["result"]
         boxes[0].text(last.clean.text)
         boxes[1].text(last.steered.text)
+        completions.stopped_note(right, last.steered)
         completions.result_diff(ws, last)
 
 
@@ -181,7 +243,8 @@ def sweep(ws, prompt: str, ivs, settings) -> None:
         return
     if st.button("Run sweep", key="run_sweep", icon=":material/grid_view:") and values:
         others = [iv for iv in ivs if iv.feature != feature]
-        rows = [others] + [others + [Intervention(feature, "clamp", v, relative)] for v in values]
+        condition = next(iv.condition for iv in ivs if iv.feature == feature)  # the swept row keeps its condition
+        rows = [others] + [others + [Intervention(feature, "clamp", v, relative, condition)] for v in values]
         with shown_as_message("run the sweep") as outcome:
             cut = completions.prompt_cut(ws, prompt, settings)
             with st.spinner(f"Generating {len(rows)} completions in one batch…"):

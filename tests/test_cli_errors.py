@@ -258,7 +258,7 @@ def test_activations_escape_prompt_tokens_and_labels(capsys, monkeypatch, ws_arg
 
 
 def test_steer_escapes_completions(capsys, monkeypatch, ws_args):
-    def fake_pair(lm, sae, prompt, interventions, settings, max_acts=None):
+    def fake_pair(lm, sae, prompt, interventions, settings, max_acts=None, stop=None):
         done = Completion([1], f"one{ESCAPES}\rtwo")
         return SteeringResult(prompt, tuple(interventions), settings, done, done, None)
 

@@ -12,12 +12,12 @@ from explorer.steering import (
     VALUE_RANGES,
     GenerationSettings,
     Intervention,
+    RowEdit,
     SteeringError,
     edit_features,
     generate_pair,
     generate_rows,
     resolve,
-    row_edit,
     stream_rows,
 )
 
@@ -41,12 +41,12 @@ def no_hooks_left(model):
 def test_no_intervention_leaves_logits_unchanged(lm, sae):
     ids = lm.tokenizer("steer me gently", return_tensors="pt").input_ids
     clean = lm.model(ids).logits
-    with hooked(lm.model, {HOOK: row_edit(sae, [[]])}):
+    with hooked(lm.model, {HOOK: RowEdit(sae, [[]])}):
         same = lm.model(ids).logits
     torch.testing.assert_close(same, clean, rtol=0, atol=0)
     # an edit that changes nothing goes through encode/decode and must still be exact to 1e-5
     identity = resolve([Intervention(5, "scale", 1.0)], sae.cfg.d_sae)
-    with hooked(lm.model, {HOOK: row_edit(sae, [identity])}):
+    with hooked(lm.model, {HOOK: RowEdit(sae, [identity])}):
         near = lm.model(ids).logits
     torch.testing.assert_close(near, clean, rtol=0, atol=1e-5)
 
@@ -56,7 +56,7 @@ def test_clamp_moves_activation_by_delta_f_times_decoder_row(lm, sae):
     x = run_to_hook(lm.model, HOOK, ids)[0]
     f = sae.encode(x)
     edits = resolve([Intervention(7, "clamp", 4.0)], sae.cfg.d_sae)
-    patched = row_edit(sae, [edits])(x[None])[0]
+    patched = RowEdit(sae, [edits])(x[None])[0]
     expected = x + (4.0 - f[:, 7:8]) * sae.W_dec[7]
     torch.testing.assert_close(patched, expected, rtol=1e-5, atol=1e-5)
 
@@ -95,7 +95,7 @@ def test_decode_steps_are_steered_too(lm, sae):
     (steered,) = generate_rows(lm, sae, "The cat", [ivs], settings)
     prompt_ids, _ = encode_prompt(lm, "The cat")
     full = torch.cat([prompt_ids, torch.tensor([steered.token_ids])], dim=1)
-    with hooked(lm.model, {HOOK: row_edit(sae, [resolve(ivs, sae.cfg.d_sae)])}):
+    with hooked(lm.model, {HOOK: RowEdit(sae, [resolve(ivs, sae.cfg.d_sae)])}):
         logits = lm.model(full).logits[0]
     n = prompt_ids.shape[1]
     recomputed = logits[n - 1 : n - 1 + len(steered.token_ids)].argmax(-1).tolist()

@@ -49,7 +49,7 @@ from explorer.steering import (
     Intervention,
     generate_rows,
     resolve,
-    row_edit,
+    RowEdit,
 )
 from explorer.tl_processing import SAESpace, TLProcessing, describe, sae_space
 from explorer.workspace import Workspace, open_sae
@@ -193,7 +193,7 @@ def test_token_activations_are_the_sae_of_transformerlens_activations(case):
 # ---- steering ---------------------------------------------------------------------------------
 
 def steered_log_probs(lm, sae, iv, space: SAESpace) -> torch.Tensor:
-    edit = row_edit(sae, [resolve([iv], sae.cfg.d_sae)])
+    edit = RowEdit(sae, [resolve([iv], sae.cfg.d_sae)])
     with torch.inference_mode(), hooked(lm.model, {sae.cfg.hook_name: space.wrap(edit)}):
         return lm.model(prompt_ids(lm)).logits[0, -LAST:].log_softmax(-1)
 

@@ -25,17 +25,19 @@ def show_rows(ws: Workspace, boxes, ids: list[list[int]]) -> None:
         box.text(ws.lm.tokenizer.decode(row))
 
 
-def stream_pair(ws: Workspace, prompt: str, interventions, settings, boxes, clean=None) -> SteeringResult:
+def stream_pair(ws: Workspace, prompt: str, interventions, settings, boxes, clean=None, stop=None) -> SteeringResult:
     """Generate clean and steered completions as one batch, showing them in
     `boxes` (two st.empty) as they grow. A `clean` completion from an earlier run
     with the same prompt and settings is shown at once and only the steered row
-    is generated. The generator holds the model lock, so it is closed even when
-    a rerun interrupts the loop."""
+    is generated. `stop` (a StopCondition) ends the steered row only. The
+    generator holds the model lock, so it is closed even when a rerun interrupts the loop."""
     ids: list[list[int]] = [list(clean.token_ids) if clean else [], []]
     rows = [list(interventions)] if clean else [[], list(interventions)]
+    stops = [stop] if clean else [None, stop]
+    stopped: dict[int, int] = {}  # row -> generated token where its stop condition fired
     growing = ids[1:] if clean else ids
     shown = 0.0
-    with contextlib.closing(stream_rows(ws.lm, ws.sae, prompt, rows, settings, ws.max_acts())) as steps:
+    with contextlib.closing(stream_rows(ws.lm, ws.sae, prompt, rows, settings, ws.max_acts(), stops, stopped)) as steps:
         for step in steps:
             for row, token in zip(growing, step):
                 if token is not None:
@@ -44,9 +46,17 @@ def stream_pair(ws: Workspace, prompt: str, interventions, settings, boxes, clea
                 show_rows(ws, boxes, ids)
                 shown = time.monotonic()
     show_rows(ws, boxes, ids)
-    clean, steered = clean or completion(ws.lm, ids[0], settings), completion(ws.lm, ids[1], settings)
+    at = stopped.get(len(rows) - 1)
+    clean = clean or completion(ws.lm, ids[0], settings)
+    steered = completion(ws.lm, ids[1], settings, at, stop if at is not None else None)
     return SteeringResult(prompt, tuple(interventions), settings, clean, steered,
-                          first_difference(clean.token_ids, steered.token_ids))
+                          first_difference(clean.token_ids, steered.token_ids), stop=stop)
+
+
+def stopped_note(box, steered) -> None:
+    """Say under the steered completion where its stop condition ended it, when it did."""
+    if steered.stopped_at is not None:
+        box.caption(f"Stopped after generated token {steered.stopped_at}: {steered.stopped_by.describe()}")
 
 
 def earlier_clean(ws: Workspace, history: list[dict], prompt: str, settings):
