@@ -47,9 +47,9 @@ from explorer.sae_files import load_sae, save_sae
 from explorer.steering import (
     GenerationSettings,
     Intervention,
+    RowEdit,
     generate_rows,
     resolve,
-    RowEdit,
 )
 from explorer.tl_processing import SAESpace, TLProcessing, describe, sae_space
 from explorer.workspace import Workspace, open_sae
