@@ -17,7 +17,7 @@ import pytest
 import torch
 from tiny import byte_tokenizer, tiny_config, tiny_model
 
-from explorer import cli
+from explorer import cli, commands
 from explorer.steering import Completion, SteeringResult
 from explorer.terminal import printable
 
@@ -208,8 +208,8 @@ def _interrupt(*args, **kwargs):
 @pytest.mark.parametrize("command", ["index", "train", "steer"])
 def test_ctrl_c(capsys, monkeypatch, tmp_path, command):
     stub = types.SimpleNamespace(lm=None, sae=None, sae_id="x", untrained=False, max_acts=lambda: None)
-    monkeypatch.setattr(cli, "workspace", lambda args, with_index=True: stub)
-    monkeypatch.setattr(cli, "_split", lambda args: ([], []))
+    monkeypatch.setattr(commands, "workspace", lambda args, with_index=True: stub)
+    monkeypatch.setattr(commands, "_split", lambda args: ([], []))
     monkeypatch.setattr("explorer.corpus.load_windows", lambda path: [])
     monkeypatch.setattr("explorer.model.load_model", lambda *a, **k: None)
     monkeypatch.setattr("explorer.index.build_index", _interrupt)

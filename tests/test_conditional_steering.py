@@ -10,7 +10,8 @@ from tiny import tiny_model
 
 from explorer import export, steering
 from explorer.activations import encode_prompt
-from explorer.cli import CliError, build_parser, parse_intervention
+from explorer.cli import build_parser
+from explorer.commands import CliError, parse_intervention
 from explorer.hooks import hooked, run_to_hook
 from explorer.links import LinkState, parse_links, parse_steer, to_query
 from explorer.sae import random_sae

@@ -177,14 +177,14 @@ def test_a_legacy_labels_file_is_adopted_unless_the_index_was_rebuilt_for_anothe
 
 
 def test_the_cli_prints_the_labels_notice(kit, tmp_path, monkeypatch, capsys):
-    from explorer import cli
+    from explorer import cli, commands
 
     ix = build(kit, tmp_path / "idx")
     (ix.path / USER_FILE).write_bytes(UNREADABLE["trailing comma"])
     ix = reopen(kit, ix.path)
     ws = types.SimpleNamespace(describe=lambda: "the workspace", untrained=False, index=ix)
     monkeypatch.setattr("explorer.workspace.open_workspace", lambda *a, **kw: ws)
-    cli.workspace(cli.build_parser().parse_args(["activations", "hi"]))
+    commands.workspace(cli.build_parser().parse_args(["activations", "hi"]))
     err = capsys.readouterr().err
     assert "the workspace" in err and ix.label_notice and ix.label_notice in err
 

@@ -450,10 +450,10 @@ def test_a_long_window_is_cut_around_its_peak():
 
 
 def test_cli_writes_both_formats_and_zips_them(setup, tmp_path, monkeypatch):
-    from explorer import cli
+    from explorer import cli, commands
 
     ws = workspace(setup, setup.full)
-    monkeypatch.setattr(cli, "workspace", lambda args, with_index=True: ws)
+    monkeypatch.setattr(commands, "workspace", lambda args, with_index=True: ws)
     cli.main(["export", "2", "3", "--format", "json", "neuronpedia", "neuronpedia-upload", "--out", str(tmp_path / "o"),
               "--np-sae-set", "mine", "--np-model-id", "tiny"])
     written = sorted(str(p.relative_to(tmp_path / "o")) for p in (tmp_path / "o").rglob("*") if p.is_file())

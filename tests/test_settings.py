@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer import cli
+from explorer import cli, commands
 from explorer.model import cache_dir
 from explorer.settings import PROJECT_DIR, SettingsError, env_settings
 
@@ -71,13 +71,13 @@ def test_cli_flags_beat_the_environment_which_beats_the_defaults(env, monkeypatc
 
     monkeypatch.setattr("explorer.workspace.open_workspace", fake_open_workspace)
     parse = cli.build_parser().parse_args
-    cli.workspace(parse(["activations", "hi"]))
+    commands.workspace(parse(["activations", "hi"]))
     env.setenv("EXPLORER_MODEL", "env-model")
     env.setenv("EXPLORER_SAE", "env-sae")
     env.setenv("EXPLORER_INDEX", "env-index")
-    cli.workspace(parse(["activations", "hi"]))
-    cli.workspace(parse(["activations", "hi", "--model", "m", "--sae", "s", "--index", "i"]))
-    cli.workspace(parse(["eval", "--windows", "w"]), with_index=False)
+    commands.workspace(parse(["activations", "hi"]))
+    commands.workspace(parse(["activations", "hi", "--model", "m", "--sae", "s", "--index", "i"]))
+    commands.workspace(parse(["eval", "--windows", "w"]), with_index=False)
     assert opened == [("demo", None, None), ("env-model", "env-sae", "env-index"), ("m", "s", "i"),
                       ("env-model", "env-sae", None)]
 

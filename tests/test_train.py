@@ -11,7 +11,8 @@ import torch
 from tiny import tiny_model
 
 from explorer.activation_cache import MANIFEST, ActivationCache, CacheError, cache_activations
-from explorer.cli import add_train_config_args, build_parser, field_docs, train_config
+from explorer.cli import add_train_config_args, build_parser, field_docs
+from explorer.commands import train_config
 from explorer.corpus import Windows
 from explorer.hooks import run_to_hook
 from explorer.sae import random_sae

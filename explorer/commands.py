@@ -1,0 +1,299 @@
+"""What each `explorer` subcommand does: a thin call into the library per job.
+
+`explorer.cli` builds the parser and runs one of these; everything a user can
+get wrong raises CliError or a library ValueError, which the CLI prints as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from explorer.settings import TrainConfig, env_settings
+from explorer.terminal import printable
+
+UNTRAINED_NOTE = "NOTE: this SAE is UNTRAINED (random weights of the right shape); its features mean nothing yet."
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def parse_intervention(spec: str, mode: str):
+    """'12=3x' -> clamp feature 12 to 3x its max activation; '12=-5' -> absolute; '12' for ablate.
+    A condition may follow '@': '12=3x@f45>0.5', '12=3x@gen', '12=3x@after=REGEX'."""
+    import dataclasses
+
+    from explorer.steering import check_condition, parse_condition
+
+    spec, at, condition = spec.partition("@")
+    iv = parse_edit(spec, mode)
+    if not at:
+        return iv
+    cond = parse_condition(condition)
+    check_condition(cond, None)  # the feature's upper bound is checked once the SAE is loaded
+    return dataclasses.replace(iv, condition=cond)
+
+
+def parse_edit(spec: str, mode: str):
+    from explorer.steering import Intervention, check_value
+
+    feature, _, value = spec.partition("=")
+    try:
+        feature_id = int(feature)
+    except ValueError:
+        raise CliError(f"--{mode} {spec!r}: the feature must be a whole-number id. Fix: e.g. --{mode} 12=3x") from None
+    if mode == "ablate":
+        return Intervention(feature_id, "ablate", 0.0)
+    if not value:
+        raise CliError(f"--{mode} {spec!r} has no value. "
+                       f"Fix: e.g. --{mode} {feature_id}=3x (3x max) or --{mode} {feature_id}=8.5")
+    relative = value.lower().endswith("x")
+    try:
+        number = float(value[:-1] if relative else value)
+    except ValueError:
+        raise CliError(f"--{mode} {spec!r}: {value!r} is not a number. Fix: use e.g. 3x or 8.5") from None
+    iv = Intervention(feature_id, mode, number, relative)
+    check_value(iv)  # before the model loads, not after
+    return iv
+
+
+
+def workspace(args, with_index: bool = True):
+    from explorer.workspace import open_workspace
+
+    env = env_settings()
+    index = (args.index or env.index) if with_index else None
+    ws = open_workspace(args.model or env.model, sae=args.sae or env.sae, index=index,
+                        hook=args.hook, device=args.device, dtype=args.dtype)
+    print(printable(ws.describe()), file=sys.stderr)
+    if ws.index is not None and ws.index.label_notice:  # user labels kept aside: say where
+        print(printable(ws.index.label_notice), file=sys.stderr)
+    if ws.untrained:
+        print(UNTRAINED_NOTE, file=sys.stderr)
+    return ws
+
+
+def cmd_demo_model(args) -> None:
+    from explorer.model import prepare_demo_model
+
+    print(prepare_demo_model(args.cache))
+
+
+def cmd_activations(args) -> None:
+    from explorer.activations import token_activations
+
+    ws = workspace(args)
+    acts = token_activations(ws.lm, ws.sae, args.prompt, chat=args.chat, top_k=args.top)
+    if acts.truncated_from:
+        print(cut_note(acts.truncated_from, len(acts.tokens)))
+    labels = ws.index.label if ws.index is not None else (lambda f: "")
+    for pos, (tok, feats, vals) in enumerate(zip(acts.tokens, acts.features, acts.values)):
+        shown = ", ".join(f"#{f} {v:.2f}" + (f" ({printable(labels(f))})" if labels(f) else "")
+                          for f, v in zip(feats[: args.top], vals))
+        print(f"{pos:4d} {printable(tok[:16]):<16} {shown}")
+    if ws.untrained:
+        print(UNTRAINED_NOTE)
+
+
+def cut_note(truncated_from: int, kept: int) -> str:
+    return f"(prompt cut from {truncated_from} to {kept} tokens)"
+
+
+def cmd_steer(args) -> None:
+    from explorer.steering import (
+        GenerationSettings,
+        generate_pair,
+        parse_stop,
+        prompt_limit,
+    )
+
+    interventions = [parse_intervention(s, m) for m in ("clamp", "scale", "add", "ablate") for s in getattr(args, m) or []]
+    if not interventions:
+        raise CliError("Nothing to steer. Fix: add e.g. --clamp 12=3x or --ablate 12")
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  top_p=args.top_p, seed=args.seed, chat=args.chat)
+    stop = parse_stop(args.stop_when) if args.stop_when else None
+    ws = workspace(args)
+    result = generate_pair(ws.lm, ws.sae, args.prompt, interventions, settings, ws.max_acts(), stop=stop)
+    if result.truncated_from:
+        print(cut_note(result.truncated_from, prompt_limit(ws.lm, settings)))
+    width = max(30, (shutil.get_terminal_size().columns - 3) // 2)
+    left = textwrap.wrap(printable(result.clean.text.replace("\n", " ↵ ")), width) or [""]
+    right = textwrap.wrap(printable(result.steered.text.replace("\n", " ↵ ")), width) or [""]
+    steer_names = printable(", ".join(iv.describe() for iv in interventions))  # a pattern is the user's text
+    print(f"{'UNCLAMPED':<{width}} | STEERED ({steer_names})")
+    print("-" * width + "-+-" + "-" * width)
+    for i in range(max(len(left), len(right))):
+        print(f"{(left[i] if i < len(left) else ''):<{width}} | {right[i] if i < len(right) else ''}")
+    where = "never" if result.diverge_at is None else f"at generated token {result.diverge_at}"
+    print(f"\nCompletions diverge {where}.")
+    if result.steered.stopped_at is not None:
+        print(f"The steered completion stopped after generated token {result.steered.stopped_at} "
+              f"({result.steered.stopped_by.describe()}).")
+    if ws.untrained:
+        print(UNTRAINED_NOTE)
+
+
+def cmd_attribute(args) -> None:
+    from explorer.attribution import attribute
+
+    ws = workspace(args)
+    result = attribute(ws.lm, ws.sae, args.prompt, position=args.position, target=args.target,
+                       versus=args.versus, chat=args.chat, top=args.top)
+    labels = ws.index.label if ws.index is not None else (lambda f: "")
+    metric = f"logit of {result.target_token!r}"
+    if result.versus is not None:
+        metric += f" minus logit of {result.versus_token!r}"
+    print(f"Position {result.position} {result.tokens[result.position]!r}: {metric} = {result.metric:.3f}")
+    for title, scores in (("Pushes towards", result.positive), ("Pushes against", result.negative)):
+        print(f"\n{title}:")
+        for s in scores:
+            label = f"  ({labels(s.feature)})" if labels(s.feature) else ""
+            print(f"  {s.score:+9.4f}  #{s.feature} at {s.position} {result.tokens[s.position]!r} "
+                  f"(activation {s.activation:.2f}){label}")
+    print(f"\nAll features {result.features_total:+.4f}, SAE error term {result.error_share:+.4f}, "
+          f"decoder bias {result.bias_share:+.4f}")
+    if ws.untrained:
+        print(UNTRAINED_NOTE)
+
+
+def cmd_windows(args) -> None:
+    from explorer.corpus import read_documents, save_windows, tokenize_windows
+    from explorer.model import load_model
+
+    lm = load_model(args.model)
+    windows = tokenize_windows(read_documents(args.corpus, text_field=args.field), lm.tokenizer,
+                               window=args.window, max_windows=args.max_windows)
+    save_windows(windows, args.out)
+    print(f"{len(windows.tokens):,} windows of {args.window} tokens -> {args.out}")
+
+
+def _split(args):
+    """The (train, held-out) windows for a seed: train, eval and index agree on it."""
+    from explorer.corpus import load_windows, split_windows
+
+    train, held = split_windows(load_windows(args.windows), args.held_out, seed=args.seed)
+    return train, held
+
+
+def cmd_train(args) -> None:
+    from explorer.activation_cache import cache_activations
+    from explorer.model import load_model
+    from explorer.train import train_sae
+
+    cfg = train_config(args)  # checked before the slow part, not after caching
+    lm = load_model(args.model, device=cfg.device or None)
+    train, _ = _split(args)
+    if args.max_windows:
+        train = train[: args.max_windows]
+    cache = cache_activations(lm, cfg.hook_name, train, args.acts, batch_size=args.batch_windows)
+    train_sae(cfg, cache)
+    print(f"SAE saved in {cfg.out_dir}")
+
+
+def cmd_eval(args) -> None:
+    import json
+
+    from explorer.evaluate import evaluate_sae
+
+    ws = workspace(args, with_index=False)
+    _, held = _split(args)
+    report = evaluate_sae(ws.lm, ws.sae, held[: args.max_windows] if args.max_windows else held)
+    print(report.to_markdown())
+    if args.json:
+        from explorer.files import write_atomic
+
+        write_atomic(args.json, json.dumps(report.to_dict(), indent=2))
+
+
+def cmd_index(args) -> None:
+    from explorer.corpus import load_windows
+    from explorer.index import build_index
+
+    if args.verify:
+        return check_index(args.verify)
+    if not (args.windows and args.out):
+        raise CliError("Building an index needs --windows and --out (or check one with --verify DIR)")
+    ws = workspace(args, with_index=False)
+    windows = load_windows(args.windows)
+    if args.max_windows:
+        windows = windows[: args.max_windows]
+    print(build_index(ws.lm, ws.sae, windows, args.out, top_n=args.top_n, batch_size=args.batch_windows,
+                      sae_path_fingerprint=ws.sae_id, force=args.force))
+
+
+def check_index(path: str) -> None:
+    """Print one line per problem of the index at `path` and exit 2 if there is any."""
+    from explorer.index.integrity import verify_index
+
+    problems = verify_index(path)
+    for line in problems:
+        print(printable(line))
+    if problems:
+        raise SystemExit(2)
+    print(printable(f"{path}: every file has the size and sha256 that the build recorded"))
+
+
+def _neuronpedia_files(args, ws, features):
+    """The Neuronpedia-format files asked for, one batch at a time."""
+    from explorer import neuronpedia
+
+    parts = {"model_id": args.np_model_id, "layer": args.np_layer, "sae_set": args.np_sae_set, "suffix": args.np_suffix}
+    for fmt in (f for f in args.format if f in neuronpedia.FORMATS):
+        ids = neuronpedia.workspace_ids(ws, **parts)
+        print(f"{fmt}: Neuronpedia model {ids.model_id!r}, source {ids.source!r}", file=sys.stderr)
+        dead = neuronpedia.dead_features(ws, features) if fmt == "neuronpedia-upload" else []
+        if dead:
+            print(f"{len(dead)} features never fired and are left out of the upload: {dead[:20]}", file=sys.stderr)
+        yield from neuronpedia.export_files(ws, features, fmt, dataset=args.np_dataset, **parts)
+
+
+def cmd_export(args) -> None:
+    from explorer import export
+    from explorer.files import make_dirs, write_atomic
+
+    ws = workspace(args)
+    if ws.index is None:
+        raise CliError("Exporting cards needs a feature index. Fix: pass --index DIR (build one with `explorer index`)")
+    features = list(range(ws.index.d_sae)) if args.all else sorted(set(args.features))
+    if not features:
+        raise CliError("No features named. Fix: give feature ids, or --all for every feature of the index")
+    if not 0 <= features[0] <= features[-1] < ws.index.d_sae:
+        raise CliError(f"This index has features 0..{ws.index.d_sae - 1}. Fix: give feature ids in that range")
+    meta = dict(model=ws.lm.name, hook=ws.hook_name, sae_id=ws.sae_id)
+    card_formats = [f for f in args.format if f in export.FORMATS]
+    cards = (ws.index.card(f) for f in (features if card_formats else []))
+    card_files = ((export.card_filename(c.feature, fmt), export.card_bytes(c, fmt, **meta))
+                  for c in cards for fmt in card_formats)
+    files = itertools.chain(card_files, _neuronpedia_files(args, ws, features))
+    out = Path(args.out)
+    if args.zip:
+        write_atomic(out, export.files_to_zip(files))
+        print(out)
+        return
+    make_dirs(out)
+    for name, data in files:
+        write_atomic(out / name, data)
+        print(out / name)
+
+
+def cmd_app(args) -> None:
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    if not app.exists():
+        raise CliError(f"{app} not found: the app runs from a source checkout of the project")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+           "--browser.gatherUsageStats", "false"]
+    raise SystemExit(subprocess.call(cmd))
+
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)})
+
