@@ -13,18 +13,34 @@ above a threshold, only on generated tokens, or only once the generated text
 matches a pattern), and a row a `StopCondition` (end the row once a feature
 fires above a threshold). Both read the row's own features at the hook, as
 encoded there for the edit (no extra forward), before this position's edits.
+The conditions, their parsing and their per-position masks live in
+`explorer.conditions`; this module re-exports their public names.
+
+This module holds the interventions and their value rules, the generation
+settings, the hook edit (`RowEdit`) and the generation loop.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 import torch
 
 from explorer.activations import MAX_PROMPT_TOKENS, encode_prompt
+from explorer.conditions import (  # noqa: F401  (most are re-exported: steering's API)
+    CONDITION_KINDS,
+    MAX_PATTERN_CHARS,
+    Condition,
+    RowConditions,
+    SteeringError,
+    StopCondition,
+    check_condition,
+    compile_pattern,
+    parse_condition,
+    parse_stop,
+)
 from explorer.hooks import hooked
 from explorer.model import LoadedModel, new_cache
 from explorer.sae import SAE
@@ -43,61 +59,6 @@ TEMPERATURE_RANGE = (0.01, 100.0)
 SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
-CONDITION_KINDS = ("feature_above", "generated_only", "after_pattern")
-# A pattern is searched in the whole generated text at every step: a short cap
-# keeps a pasted or linked pattern from costing more than the step itself.
-MAX_PATTERN_CHARS = 200
-
-
-class SteeringError(ValueError):
-    """An intervention or setting is invalid; the message says how to fix it."""
-
-
-@dataclass(frozen=True)
-class Condition:
-    """Where an intervention applies, judged per row and per position.
-
-    feature_above: where `feature`'s activation at the same hook is > `threshold`;
-    generated_only: at generated tokens, not the prompt's;
-    after_pattern: once the row's generated text so far matches the regex
-    `pattern` (re.search), and from then on; the prompt is checked against ''."""
-
-    kind: str
-    feature: int = 0
-    threshold: float = 0.0
-    pattern: str = ""
-
-    def describe(self) -> str:
-        if self.kind == "feature_above":
-            return f"when #{self.feature} > {self.threshold:g}"
-        if self.kind == "generated_only":
-            return "on generated tokens"
-        return f"after /{self.pattern}/"
-
-    def spec(self) -> str:
-        """The text `parse_condition` reads back: f45>0.5, gen, after=REGEX."""
-        if self.kind == "feature_above":
-            return f"f{self.feature}>{self.threshold:g}"
-        if self.kind == "generated_only":
-            return "gen"
-        return f"after={self.pattern}"
-
-
-@dataclass(frozen=True)
-class StopCondition:
-    """End a row once `feature`'s activation at a generated token is > `threshold`;
-    that token is the row's last. The prompt's tokens are not read."""
-
-    feature: int
-    threshold: float
-
-    def describe(self) -> str:
-        return f"stop when #{self.feature} > {self.threshold:g}"
-
-    def spec(self) -> str:
-        return f"{self.feature}>{self.threshold:g}"
-
-
 @dataclass(frozen=True)
 class Intervention:
     feature: int
@@ -113,69 +74,6 @@ class Intervention:
             unit = "x max" if self.relative else ""
             text = f"{self.mode} #{self.feature} {self.value:g}{unit}"
         return f"{text} {self.condition.describe()}" if self.condition else text
-
-
-def _threshold(text: str, what: str) -> tuple[int, float]:
-    """'45>0.5' or 'f45>0.5' -> (45, 0.5)."""
-    feature, _, threshold = text.strip().removeprefix("f").partition(">")
-    try:
-        return int(feature), _finite(float(threshold))
-    except ValueError:
-        raise SteeringError(f"{what} {text!r} is not FEATURE>THRESHOLD. Fix: write e.g. 45>0.5") from None
-
-
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError(value)
-    return value
-
-
-def parse_condition(text: str) -> Condition:
-    """'f45>0.5' (feature 45 above 0.5), 'gen' (generated tokens only) or 'after=REGEX'."""
-    text = text.strip()
-    if text == "gen":
-        return Condition("generated_only")
-    if text.startswith("after="):
-        return Condition("after_pattern", pattern=text.removeprefix("after="))
-    if text.startswith("f"):
-        feature, threshold = _threshold(text, "condition")
-        return Condition("feature_above", feature, threshold)
-    raise SteeringError(f"Unknown condition {text!r}. Fix: use f45>0.5 (feature 45 above 0.5), "
-                        "gen (generated tokens only) or after=REGEX")
-
-
-def parse_stop(text: str) -> StopCondition:
-    """'45>0.5': end the row once feature 45 is above 0.5."""
-    return StopCondition(*_threshold(text, "stop condition"))
-
-
-def check_condition(cond: Condition | StopCondition | None, d_sae: int | None) -> None:
-    """Raise SteeringError unless the condition can be evaluated on this SAE
-    (d_sae None: any feature id of 0 or more)."""
-    if cond is None:
-        return
-    kind = getattr(cond, "kind", "feature_above")  # a StopCondition reads like feature_above
-    if kind not in CONDITION_KINDS:
-        raise SteeringError(f"Unknown condition kind {kind!r}. Fix: use one of {', '.join(CONDITION_KINDS)}")
-    if kind == "feature_above":
-        if cond.feature < 0 or (d_sae is not None and cond.feature >= d_sae):
-            upper = f"0..{d_sae - 1}" if d_sae is not None else "0 or more"
-            raise SteeringError(f"{cond.describe()}: feature {cond.feature} does not exist. Fix: pick a feature in {upper}")
-        if not math.isfinite(float(cond.threshold)):
-            raise SteeringError(f"The threshold of feature {cond.feature} is not a finite number. Fix: use e.g. 0.5")
-    if kind == "after_pattern":
-        compile_pattern(cond.pattern)
-
-
-def compile_pattern(pattern: str) -> re.Pattern:
-    if len(pattern) > MAX_PATTERN_CHARS:
-        raise SteeringError(f"The pattern has {len(pattern)} characters, more than {MAX_PATTERN_CHARS}. "
-                            "Fix: use a shorter pattern")
-    try:
-        return re.compile(pattern)
-    except re.error as err:
-        raise SteeringError(f"The pattern {pattern!r} is not a regular expression ({err}). "
-                            "Fix: escape special characters such as ( or [ with a backslash") from None
 
 
 def value_range(iv: Intervention) -> tuple[float, float]:
@@ -313,16 +211,14 @@ class RowEdit:
         self.rows = rows
         self.stops = list(stops) if stops else [None] * len(rows)
         self.features = [sorted({e.feature for e in edits}) for edits in rows]
-        self.patterns = [[compile_pattern(e.condition.pattern) if _kind(e) == "after_pattern" else None for e in edits]
-                         for edits in rows]
-        self.matched = [[False] * len(edits) for edits in rows]  # after_pattern: latched at the first match
+        self.conditions = [RowConditions([e.condition for e in edits]) for edits in rows]
         self.generated = False
         self.texts = [""] * len(rows)
         self.fired: dict[int, float] = {}  # row -> its stop feature's activation at the last position, when above
         self.applied: list[list[bool]] = [[] for _ in rows]
 
     def wants_text(self, row: int) -> bool:
-        return any(p is not None and not m for p, m in zip(self.patterns[row], self.matched[row]))
+        return self.conditions[row].wants_text()
 
     def __call__(self, act: torch.Tensor) -> torch.Tensor | None:
         out = None
@@ -336,7 +232,7 @@ class RowEdit:
                 self._check_stop(i, f)
             if not edits:
                 continue
-            masks = self._masks(i, f)
+            masks = self.conditions[i].masks(f, self.generated, self.texts[i])
             if all(m is None for m in masks):  # every edit applies everywhere: no mask, no sync
                 self.applied[i] += [True] * f.shape[0]
                 f_new = edit_features(f, edits)
@@ -352,32 +248,11 @@ class RowEdit:
             out[i] = (x + delta).to(act.dtype)
         return out
 
-    def _masks(self, i: int, f: torch.Tensor) -> list[torch.Tensor | None]:
-        """Per edit of row i, where it applies among the positions of f (None: all of them)."""
-        nowhere = torch.zeros(f.shape[0], dtype=torch.bool, device=f.device)
-        masks: list[torch.Tensor | None] = []
-        for k, e in enumerate(self.rows[i]):
-            kind = _kind(e)
-            if kind is None:
-                masks.append(None)
-            elif kind == "feature_above":
-                masks.append(f[:, e.condition.feature] > e.condition.threshold)
-            elif kind == "generated_only":
-                masks.append(None if self.generated else nowhere)
-            else:  # after_pattern
-                self.matched[i][k] = self.matched[i][k] or self.patterns[i][k].search(self.texts[i]) is not None
-                masks.append(None if self.matched[i][k] else nowhere)
-        return masks
-
     def _check_stop(self, i: int, f: torch.Tensor) -> None:
         stop = self.stops[i]
         value = float(f[-1, stop.feature])  # the newest token's position
         if value > stop.threshold:
             self.fired[i] = value
-
-
-def _kind(e: _Resolved) -> str | None:
-    return e.condition.kind if e.condition else None
 
 
 def _sample(logits: torch.Tensor, settings: GenerationSettings, gens: list[torch.Generator]) -> torch.Tensor:
