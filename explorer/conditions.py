@@ -44,19 +44,15 @@ class Condition:
     pattern: str = ""
 
     def describe(self) -> str:
-        if self.kind == "feature_above":
-            return f"when #{self.feature} > {self.threshold:g}"
-        if self.kind == "generated_only":
-            return "on generated tokens"
-        return f"after /{self.pattern}/"
+        return self._text("when #{feature} > {threshold:g}", "on generated tokens", "after /{pattern}/")
 
     def spec(self) -> str:
         """The text `parse_condition` reads back: f45>0.5, gen, after=REGEX."""
-        if self.kind == "feature_above":
-            return f"f{self.feature}>{self.threshold:g}"
-        if self.kind == "generated_only":
-            return "gen"
-        return f"after={self.pattern}"
+        return self._text("f{feature}>{threshold:g}", "gen", "after={pattern}")
+
+    def _text(self, above: str, generated: str, after: str) -> str:
+        form = {"feature_above": above, "generated_only": generated}.get(self.kind, after)
+        return form.format(feature=self.feature, threshold=self.threshold, pattern=self.pattern)
 
 
 @dataclass(frozen=True)
