@@ -7,8 +7,7 @@
 - `steering_to_json` / `steering_to_markdown`: one `SteeringResult`.
 - `cards_to_zip`: many cards in many formats, byte-reproducible; `files_to_zip` zips any
   files so (the Neuronpedia formats of `explorer.neuronpedia` go through it too).
-- `dumps`: the JSON text we write; `write_atomic` (from `explorer.files`): temp
-  file, then `os.replace`.
+- `dumps`: the JSON text we write (files go through `explorer.files`).
 
 Token text is untrusted: HTML comes from `explorer.render` only, and Markdown
 goes through `md_escape`. The PNG colours tokens by render's colour-scale rule.
@@ -27,7 +26,6 @@ import zipfile
 from typing import TYPE_CHECKING, Iterable
 
 from explorer import render
-from explorer.files import write_atomic  # noqa: F401  (part of this module's API)
 
 if TYPE_CHECKING:
     from explorer.index import Example, FeatureCard
@@ -44,8 +42,7 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time zip can store: fixed, so 
 
 def _num(x: float) -> float | None:
     """A float rounded to 6 significant digits (short, stable files); None for NaN/inf (JSON has none)."""
-    x = float(x)
-    return float(f"{x:.6g}") if math.isfinite(x) else None
+    return float(f"{float(x):.6g}") if math.isfinite(float(x)) else None
 
 
 def _nums(xs: Iterable[float]) -> list[float | None]:

@@ -21,19 +21,9 @@ from streamlit.testing.v1 import AppTest
 
 from ui.errors import message, shown_as_message
 
-APP = str(ROOT / "app.py")
-TIMEOUT = 120  # the first run loads the model
+from test_app import app  # noqa: E402  (AppTest of app.py on the demo model, shared with test_app)
+
 demo = pytest.mark.demo
-
-
-def app(page: str | None = None, **params) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    if page:
-        at.run()
-        at.switch_page(page)
-    for key, value in params.items():
-        at.query_params[key] = value
-    return at.run()
 
 
 def plain(elements) -> str:

@@ -23,9 +23,9 @@ from explorer.export import (
     md_escape,
     steering_to_json,
     steering_to_markdown,
-    write_atomic,
 )
 from explorer import render
+from explorer.files import write_atomic
 from explorer.steering import Completion, GenerationSettings, Intervention, SteeringResult
 from test_app import app, no_exception, ws  # noqa: F401  (ws: the demo workspace fixture)
 from test_render import IMG, SCRIPT, make_card, parse
