@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import torch
 
@@ -22,26 +20,12 @@ from explorer.activations import encode_prompt
 from explorer.attribution import attribute
 from explorer.workspace import open_workspace
 
+from bench_steering import alternate  # bench/ is on sys.path when a script here runs
+
 TEXT = ("The old lighthouse keeper climbed the spiral stairs every evening to light the lamp. One stormy night "
         "he saw a small boat struggling against the waves near the rocks, and he ran down to the shore with a "
         "rope and a lantern, shouting to the sailors to steer towards the light of the harbour. When morning came, "
         "the sea was calm again, and the fishermen of the village gathered on the pier to thank him.")
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def alternate(a, b, reps: int) -> tuple[float, float]:
-    """Median seconds of a and b, run alternately after one warm-up each."""
-    a(), b()
-    ta, tb = [], []
-    for _ in range(reps):
-        ta.append(timed(a))
-        tb.append(timed(b))
-    return statistics.median(ta), statistics.median(tb)
 
 
 def main() -> None:
