@@ -1,10 +1,13 @@
 """Is a folder an intact index? Checked cheaply at open, and byte for byte by `--verify`.
 
-At open (`open_checked`, which FeatureIndex.open uses) nothing big is read: the manifest's
+At open (`open_checked`, which FeatureIndex.open uses) nothing that grows with the number of
+features is read, so opening takes the same time at 4k and at 1M features: the manifest's
 fields (IndexManifest), each recorded file's size, every array's dtype and shape from the
-safetensors headers (explorer.index.format.ARRAY_SPECS), and the few small arrays that locate
-everything else (feature counts, histogram edges, example pointers, window ids). So a damaged
-index fails there, with the rebuild hint, rather than with a traceback at some card later.
+safetensors headers (explorer.index.format.ARRAY_SPECS), the histogram edges, the window ids
+(one per corpus window), and the ends of the example pointers. The per-feature locators (its
+count, its example pointers) are checked when a card reads them (`check_feature_rows`). So a
+damaged index fails with the rebuild hint, at open or at the card it damages, rather than with
+a traceback.
 Damage that leaves all of these plausible (noise inside the example values, say) is found
 only by reading everything: `verify_index` compares each file's sha256 with the manifest's.
 
@@ -38,6 +41,7 @@ from explorer.index.format import (
     IndexFormatError,
     IndexManifest,
 )
+from explorer.index.mapped import CorruptFile, MappedFile
 
 TENSOR_FILES = {FEATURES_FILE: FEATURE_ARRAYS, EXAMPLES_FILE: EXAMPLE_ARRAYS, WINDOWS_FILE: WINDOW_ARRAYS}
 # safetensors' dtype codes, as numpy names them (the names ARRAY_SPECS uses)
@@ -111,14 +115,12 @@ def _size_problems(path: Path, manifest: IndexManifest) -> list[str]:
     return problems
 
 
-def _open_tensors(file: Path, keys: tuple[str, ...]):
-    from safetensors import safe_open
-
+def _open_tensors(file: Path, keys: tuple[str, ...]) -> MappedFile:
     if not file.is_file():
         raise IndexFormatError(f"The index file {file} is missing. {REBUILD_HINT}")
     try:
-        handle = safe_open(str(file), framework="np")
-    except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
+        handle = MappedFile(file)
+    except (OSError, CorruptFile) as err:
         raise IndexFormatError(f"The index file {file} is corrupt ({err}). {REBUILD_HINT}") from None
     missing = sorted(set(keys) - set(handle.keys()))
     if missing:
@@ -159,28 +161,37 @@ def _check_arrays(path: Path, manifest: IndexManifest, handles: dict) -> dict[st
     return sizes
 
 
+def _damaged(path: Path, file: str, what: str) -> IndexFormatError:
+    return IndexFormatError(f"The index file {path / file} is damaged: {what}. {REBUILD_HINT}")
+
+
 def _check_locators(path: Path, manifest: IndexManifest, handles: dict, sizes: dict[str, int]) -> None:
-    """The small arrays every card goes through: one number per feature or per window, not per token."""
-    def damaged(file: str, what: str) -> IndexFormatError:
-        return IndexFormatError(f"The index file {path / file} is damaged: {what}. {REBUILD_HINT}")
-
-    count = handles[FEATURES_FILE].get_tensor("count")
-    if count.min() < 0 or count.max() > manifest.n_tokens:
-        raise damaged(FEATURES_FILE, f"feature counts fall outside 0..{manifest.n_tokens} (the tokens indexed)")
-    edges = handles[FEATURES_FILE].get_tensor("hist_edges")
+    """The locators whose size does not grow with the features: histogram edges, the ends of the
+    example pointers, window ids (one per corpus window at most)."""
+    edges = handles[FEATURES_FILE].array("hist_edges")
     if not (np.isfinite(edges).all() and edges[0] > 0 and (np.diff(edges) > 0).all()):
-        raise damaged(FEATURES_FILE, "the histogram edges are not positive and increasing")
-    ptr = handles[EXAMPLES_FILE].get_tensor("ex_ptr")
-    if ptr[0] != 0 or ptr[-1] != sizes["n_examples"] or (np.diff(ptr) < 0).any():
-        raise damaged(EXAMPLES_FILE, f"the example pointers do not run from 0 up to {sizes['n_examples']}")
-    ids = handles[WINDOWS_FILE].get_tensor("window_ids")
+        raise _damaged(path, FEATURES_FILE, "the histogram edges are not positive and increasing")
+    ptr = handles[EXAMPLES_FILE].array("ex_ptr")
+    if ptr[0] != 0 or ptr[-1] != sizes["n_examples"]:
+        raise _damaged(path, EXAMPLES_FILE, f"the example pointers do not run from 0 up to {sizes['n_examples']}")
+    ids = handles[WINDOWS_FILE].array("window_ids")
     if len(ids) and (ids[0] < 0 or ids[-1] >= manifest.n_windows or (np.diff(ids) <= 0).any()):
-        raise damaged(WINDOWS_FILE, f"the window ids are not increasing ids below {manifest.n_windows}")
+        raise _damaged(path, WINDOWS_FILE, f"the window ids are not increasing ids below {manifest.n_windows}")
 
 
-def open_checked(path: Path) -> tuple[IndexManifest, dict]:
-    """(manifest, {file name: safetensors handle}) of the index folder `path`, after every check
-    that reads no more than headers and small arrays; IndexFormatError names the first problem."""
+def check_feature_rows(path: Path, manifest: IndexManifest, count: int, ptr: np.ndarray, n_examples: int) -> None:
+    """One feature's locators, as a card reads them: its firing count and its N_KINDS + 1 example
+    pointers (IndexFormatError when damaged)."""
+    if not 0 <= count <= manifest.n_tokens:
+        raise _damaged(path, FEATURES_FILE, f"a feature count falls outside 0..{manifest.n_tokens} (the tokens indexed)")
+    if ptr[0] < 0 or ptr[-1] > n_examples or (np.diff(ptr) < 0).any():
+        raise _damaged(path, EXAMPLES_FILE, f"the example pointers do not run from 0 up to {n_examples}")
+
+
+def open_checked(path: Path) -> tuple[IndexManifest, dict[str, MappedFile]]:
+    """(manifest, {file name: MappedFile}) of the index folder `path`, after every check that
+    reads no more than headers and arrays whose size does not grow with the features;
+    IndexFormatError names the first problem."""
     manifest = read_manifest(path)
     problems = _size_problems(path, manifest)
     if problems:

@@ -1,10 +1,13 @@
 """Reading an index: `FeatureIndex` and the `FeatureCard` it reads for one feature.
 
 `FeatureIndex.open(path, tokenizer)` checks the folder (explorer.index.integrity) and maps the
-three safetensors files (explorer.index.format); `.card(feature)` reads that feature's rows from
-them (plus a few one-number-per-feature arrays, cached on first use). Labels (`label`, `set_label`; user labels
-are kept by explorer.index.user_labels, `label_notice` says what is kept aside), `search` and
-`check_matches` (is this index for the loaded model and SAE?) read the same files.
+three safetensors files (explorer.index.mapped; names in explorer.index.format); `.card(feature)`
+reads that feature's rows from them. Nothing at open or per card grows with the number of
+features: arrays are views of the mapped files, and the automatic labels are read one line at
+a time (explorer.index.text_column). Labels (`label`, `set_label`; user labels are kept by
+explorer.index.user_labels, `label_notice` says what is kept aside), `search` (vectorised; its
+structures are built on first use) and `check_matches` (is this index for the loaded model and
+SAE?) read the same files.
 `TokenText` caches token strings per id; the build uses it too, for the automatic labels.
 """
 
@@ -12,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +31,10 @@ from explorer.index.format import (
     IndexManifest,
     IndexMismatchError,
 )
+from explorer.index.integrity import check_feature_rows, open_checked
+from explorer.index.text_column import LabelLines, TextColumn, rank
 from explorer.index.user_labels import UserLabels
-from explorer.index.integrity import open_checked
 from explorer.tokens import token_strings
-
-log = logging.getLogger(__name__)
 
 SEARCH_BY = ("label", "top_token", "logit_token")
 
@@ -110,7 +111,8 @@ class TokenText:
 class FeatureIndex:
     """A built index, read lazily from memory-mapped safetensors files. Thread-safe for reading."""
 
-    def __init__(self, path: Path, manifest: IndexManifest, tokenizer, features, examples, windows, auto_labels):
+    def __init__(self, path: Path, manifest: IndexManifest, tokenizer, features, examples, windows,
+                 auto_labels: LabelLines):
         self.path = path
         self.manifest = manifest
         self.d_sae = manifest.d_sae
@@ -122,6 +124,7 @@ class FeatureIndex:
         # label_notice: what of the user labels is not in use and how to restore it ("" when all is)
         self._user, self.label_notice = self._open_user_labels()
         self._cache: dict[str, np.ndarray] = {}
+        self._search: dict[str, object] = {}  # search structures, built on first use
 
     @classmethod
     def open(cls, path: str | Path, tokenizer) -> FeatureIndex:
@@ -129,20 +132,14 @@ class FeatureIndex:
         path = Path(path).expanduser()
         manifest, handles = open_checked(path)
         features, examples, windows = handles[FEATURES_FILE], handles[EXAMPLES_FILE], handles[WINDOWS_FILE]
-        try:
-            auto = json.loads((path / LABELS_AUTO_FILE).read_text(encoding="utf-8"))["labels"]
-        except (OSError, ValueError, KeyError, TypeError):
-            log.warning("%s is missing or unreadable; features have no automatic labels", path / LABELS_AUTO_FILE)
-            auto = []
-        if len(auto) != manifest.d_sae:
-            auto = [""] * manifest.d_sae
+        auto = LabelLines(path / LABELS_AUTO_FILE, manifest.d_sae)
         return cls(path, manifest, tokenizer, features, examples, windows, auto)
 
-    # -- whole-index arrays (small: one number per feature), loaded on first use
+    # -- whole-index arrays: read-only views of the mapped files (pages are read when touched)
 
     def _array(self, handle, name: str) -> np.ndarray:
         if name not in self._cache:
-            self._cache[name] = handle.get_tensor(name)
+            self._cache[name] = handle.array(name)
         return self._cache[name]
 
     def max_activations(self) -> np.ndarray:
@@ -172,7 +169,7 @@ class FeatureIndex:
     def label(self, feature: int) -> str:
         """The user's label when set, else the automatic one."""
         feature = self._check_feature(feature)
-        return self._user.get(feature) or self._auto[feature]
+        return self._user.get(feature) or self._auto.get(feature)
 
     def set_label(self, feature: int, text: str) -> None:
         """Set a user label (empty text removes it), in labels_user.json; rebuilds for the same SAE keep it."""
@@ -205,18 +202,12 @@ class FeatureIndex:
         if not q or limit <= 0:
             return []
         if by == "label":
-            hits = []
-            for f in range(self.d_sae):
-                text = self.label(f).casefold()
-                at = text.find(q)
-                if at >= 0:
-                    hits.append((0 if text == q else 1 if at == 0 else 2, at, f))
-            return [f for *_, f in sorted(hits)[:limit]]
+            return self._search_labels(q, limit)
         name = "peak_token_ids" if by == "top_token" else "logit_top_ids"
         ids = self._array(self._features, name)
-        present = np.unique(ids[ids >= 0])
-        matching = present[[q in t.strip().casefold() for t in self._text.texts(present)]]
-        hit = np.isin(ids, matching) & (ids >= 0)
+        present, texts = self._token_texts(name, ids)
+        matching = present[[q in t for t in texts]]
+        hit = np.isin(ids, matching, kind="table") if len(matching) else np.zeros(ids.shape, bool)
         n_hits = hit.sum(1)
         found = np.flatnonzero(n_hits)
         if by == "top_token":
@@ -226,6 +217,32 @@ class FeatureIndex:
             value = self._array(self._features, "logit_top_values")[found, first]
             order = np.lexsort((found, -value.astype(np.float64), first))
         return [int(f) for f in found[order][:limit]]
+
+    def _search_labels(self, q: str, limit: int) -> list[int]:
+        """Label search: the automatic labels through a TextColumn, the user labels (few) directly;
+        a user label hides the automatic one of its feature."""
+        with self._lock:
+            if "label" not in self._search:
+                self._search["label"] = TextColumn(self._auto.all())
+            column = self._search["label"]
+        features, at, exact = column.find(q)
+        user = {f: text.casefold() for f, text in self._user.items() if text}
+        if user:
+            keep = ~np.isin(features, np.fromiter(user, np.int64, len(user)))
+            features, at, exact = features[keep], at[keep], exact[keep]
+            mine = [(f, text.find(q), text == q) for f, text in user.items() if q in text]
+            features = np.concatenate([features, np.array([f for f, _, _ in mine], np.int64)])
+            at = np.concatenate([at, np.array([a for _, a, _ in mine], np.int64)])
+            exact = np.concatenate([exact, np.array([e for _, _, e in mine], bool)])
+        return [int(f) for f in rank(features, at, exact, limit)]
+
+    def _token_texts(self, name: str, ids: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """The token ids present in column `name` and their stripped, case-folded texts (cached)."""
+        with self._lock:
+            if name not in self._search:
+                present = np.unique(ids[ids >= 0])
+                self._search[name] = present, [t.strip().casefold() for t in self._text.texts(present)]
+            return self._search[name]
 
     # -- cards
 
@@ -246,8 +263,8 @@ class FeatureIndex:
                 f"{m.sae_fingerprint[:16]}, but {' and '.join(wrong)}. Fix: rebuild the index with `explorer index` "
                 "for this model and SAE, or load the model and SAE it was built with")
 
-    def _row(self, handle, name: str, i: int) -> np.ndarray:
-        return handle.get_slice(name)[i]
+    def _row(self, handle, name: str, i) -> np.ndarray:
+        return self._array(handle, name)[i]
 
     def card(self, feature: int) -> FeatureCard:
         """Everything the app shows for one feature."""
@@ -258,6 +275,7 @@ class FeatureIndex:
         top_logits = self._logits(f, "top")
         bottom_logits = self._logits(f, "bottom")
         ptr = self._row(self._examples, "ex_ptr", slice(f * N_KINDS, (f + 1) * N_KINDS + 1))
+        check_feature_rows(self.path, self.manifest, count, ptr, len(self._array(self._examples, "ex_window")))
         examples = self._read_examples(int(ptr[0]), int(ptr[-1]))
         groups = [examples[int(ptr[k] - ptr[0]):int(ptr[k + 1] - ptr[0])] for k in range(N_KINDS)]
         q_valid, q_low = self._row(F, "q_valid", f), self._row(F, "q_low", f)
@@ -265,7 +283,7 @@ class FeatureIndex:
         quantiles = [QuantileBin(float(q_low[g]), float(q_high[g]), float(q_frac[g]), groups[1 + g])
                      for g in range(N_QUANTILES) if q_valid[g]]
         return FeatureCard(
-            feature=f, label=self.label(f), auto_label=self._auto[f],
+            feature=f, label=self.label(f), auto_label=self._auto.get(f),
             density=count / max(self.manifest.n_tokens, 1),
             max_activation=float(self._array(F, "act_max")[f]),
             mean_activation=total / count if count else 0.0,
@@ -298,8 +316,8 @@ class FeatureIndex:
         traces = self._row(E, "ex_trace", slice(a, b))
         rows = np.searchsorted(self._array(W, "window_ids"), windows)
         tokens = {int(r): self._row(W, "tokens", int(r)) for r in np.unique(rows)}
-        trace_ptr = E.get_slice("trace_ptr")
-        trace_pos, trace_val = E.get_slice("trace_pos"), E.get_slice("trace_val")
+        trace_ptr = self._array(E, "trace_ptr")
+        trace_pos, trace_val = self._array(E, "trace_pos"), self._array(E, "trace_val")
         L = self.manifest.window_len
         out = []
         for w, p, v, r, t in zip(windows, positions, acts, rows, traces):
