@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from explorer import neighbours
 from explorer.files import replacing_dir
 from explorer.hooks import residual_directions
 from explorer.index.format import (
@@ -108,23 +109,28 @@ def _logit_effects(lm, sae, chunk: int = 256) -> dict[str, np.ndarray]:
 
 
 @torch.inference_mode()
-def _neighbours(sae, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """N_NEIGHBOURS nearest other features by decoder cosine: (ids, cosines), -1/0 padded."""
+def _neighbours(sae, chunk: int = 512) -> tuple[np.ndarray, np.ndarray, dict]:
+    """N_NEIGHBOURS nearest other features by decoder cosine: (ids, cosines, method), -1/0 padded.
+    Exact on a GPU, and on CPU up to explorer.neighbours.EXACT_MAX_CPU features; wider on CPU,
+    approximately (faiss, explorer.neighbours). `method` goes into the manifest's settings."""
     d = sae.cfg.d_sae
     ids = np.full((d, N_NEIGHBOURS), -1, np.int32)
     cos = np.zeros((d, N_NEIGHBOURS), np.float32)
     k = min(N_NEIGHBOURS, d - 1)
+    W = neighbours.normalised(sae.W_dec)
+    if W.device.type == "cpu" and d > neighbours.EXACT_MAX_CPU and k > 0:
+        ids[:, :k], cos[:, :k], method = neighbours.approximate_neighbours(W, k)
+        return ids, cos, {**method, "exact_max_cpu": neighbours.EXACT_MAX_CPU}
+    method = {"method": "exact", "exact_max_cpu": neighbours.EXACT_MAX_CPU}
     if k == 0:
-        return ids, cos
-    W = sae.W_dec.detach().float()
-    W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return ids, cos, method
     for a in range(0, d, chunk):
         sims = W[a:a + chunk] @ W.T  # (chunk, d_sae)
         rows = torch.arange(len(sims), device=sims.device)
         sims[rows, a + rows] = -math.inf  # not its own neighbour
         v, i = _ordered_topk(sims, k)
         ids[a:a + chunk, :k], cos[a:a + chunk, :k] = i.cpu().numpy(), v.cpu().numpy()
-    return ids, cos
+    return ids, cos, method
 
 
 def _cooccurring(run: PassState) -> tuple[np.ndarray, np.ndarray]:
@@ -265,7 +271,8 @@ def write_index(out: Path, run: PassState, lm, sae, windows, manifest: dict) -> 
     win_tokens = np.asarray(windows.tokens)[used_windows].astype(token_dtype)
 
     logits = _logit_effects(lm, sae)
-    nb_ids, nb_cos = _neighbours(sae)
+    nb_ids, nb_cos, nb_method = _neighbours(sae)
+    manifest = {**manifest, "settings": {**manifest["settings"], "neighbours": nb_method}}
     co_ids, co_jac = _cooccurring(run)
 
     top_mask = ex["ex_kind"] == 0

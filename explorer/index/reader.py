@@ -81,6 +81,13 @@ class FeatureCard:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
+def _best_keys(key: np.ndarray, limit: int) -> np.ndarray:
+    """Where `key` is at most its limit-th smallest value (all of it when shorter)."""
+    if len(key) <= limit:
+        return np.arange(len(key))
+    return np.flatnonzero(key <= np.partition(key, limit - 1)[limit - 1])
+
+
 class TokenText:
     """Cached raw text and display string per token id.
 
@@ -210,9 +217,12 @@ class FeatureIndex:
         hit = np.isin(ids, matching, kind="table") if len(matching) else np.zeros(ids.shape, bool)
         n_hits = hit.sum(1)
         found = np.flatnonzero(n_hits)
+        # The primary key first: only features that tie with the limit-th or beat it are sorted.
         if by == "top_token":
+            found = found[_best_keys(-n_hits[found], limit)]
             order = np.lexsort((found, -self.max_activations()[found].astype(np.float64), -n_hits[found]))
         else:
+            found = found[_best_keys(hit.argmax(1)[found], limit)]
             first = hit.argmax(1)[found]
             value = self._array(self._features, "logit_top_values")[found, first]
             order = np.lexsort((found, -value.astype(np.float64), first))
