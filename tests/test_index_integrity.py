@@ -281,3 +281,48 @@ def test_a_killed_build_leaves_its_folder_free(inputs, tmp_path):
     build(inputs, out)
     FeatureIndex.open(out, inputs[0].tokenizer).card(0)
     assert not (tmp_path / ".idx.lock").exists()
+
+
+def rewrite_header(file: Path, change) -> None:
+    """Replace a safetensors file's JSON header by change(header), keeping the data."""
+    raw = file.read_bytes()
+    start = data_start(file)
+    header = json.dumps(change(json.loads(raw[8:start]))).encode()
+    file.write_bytes(len(header).to_bytes(8, "little") + header + raw[start:])
+
+
+def shift(header: dict, name: str, by: int) -> dict:
+    header[name]["data_offsets"] = [n + by for n in header[name]["data_offsets"]]
+    return header
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    (lambda raw: (10**9).to_bytes(8, "little") + raw[8:], "header claims 1,000,000,000 bytes"),
+    (lambda raw: raw[:8] + b"[" + raw[9:], "header is not JSON"),
+    (lambda raw: raw[:4], "too short"),
+])
+def test_a_broken_safetensors_header_fails_at_open(index, inputs, change, match):
+    file = index / "examples.safetensors"
+    file.write_bytes(change(file.read_bytes()))
+    edit_manifest(index, lambda m: {**m, "files": {}})  # sizes unrecorded: the header itself must tell
+    open_fails(index, inputs, f"examples.safetensors is corrupt .*{match}")
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    (lambda h: shift(h, "ex_ptr", 10**9), "data of 'ex_ptr' lies outside the file"),
+    (lambda h: {**h, "ex_ptr": {**h["ex_ptr"], "shape": [h["ex_ptr"]["shape"][0] + 1]}}, "does not hold its shape"),
+    (lambda h: {**h, "ex_ptr": {**h["ex_ptr"], "dtype": "Q9"}}, "no known dtype"),
+    (lambda h: {**h, "ex_ptr": {**h["ex_ptr"], "shape": [-1]}}, "no valid shape"),
+])
+def test_header_entries_that_do_not_fit_the_data_fail_at_open(index, inputs, change, match):
+    rewrite_header(index / "examples.safetensors", change)
+    edit_manifest(index, lambda m: {**m, "files": {}})
+    open_fails(index, inputs, f"examples.safetensors is corrupt .*{match}")
+
+
+def test_arrays_are_read_only_views_of_the_mapped_file(built, inputs):
+    """Opening copies no array: the reader's arrays are views of the file's mapping."""
+    ix = FeatureIndex.open(built, inputs[0].tokenizer)
+    counts = ix._array(ix._features, "count")
+    assert not counts.flags.writeable and not counts.flags.owndata
+    np.testing.assert_array_equal(counts, load_file(str(built / "features.safetensors"))["count"])
