@@ -151,7 +151,7 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1000
 
 
-def measure_reader(path: Path, n_cards: int) -> dict:
+def measure_reader(path: Path, n_cards: int, baseline: Path | None = None) -> dict:
     """What the app does with the index at `path`, timed; run in its own process."""
     from transformers import AutoTokenizer
 
@@ -167,12 +167,21 @@ def measure_reader(path: Path, n_cards: int) -> dict:
     start = time.perf_counter()
     ix.card(0)
     out["first_card_ms"] = (time.perf_counter() - start) * 1000
-    times = []
+    # Cards alternate with cards of the small baseline index, so that the load of a shared
+    # machine hits both alike: their ratio is what width costs a card.
+    base = FeatureIndex.open(baseline, tokenizer) if baseline else None
+    times, base_times = [], []
     for f in np.random.default_rng(1).integers(0, ix.d_sae, n_cards):
         start = time.perf_counter()
         ix.card(int(f))
         times.append(time.perf_counter() - start)
+        if base is not None:
+            start = time.perf_counter()
+            base.card(int(f) % base.d_sae)
+            base_times.append(time.perf_counter() - start)
     out["card_p50_ms"], out["card_p95_ms"] = pct(times, 50), pct(times, 95)
+    if base is not None:
+        out["baseline_card_p50_ms"], out["baseline_card_p95_ms"] = pct(base_times, 50), pct(base_times, 95)
     out["rss_cards_mb"] = rss_mb()
     for by in ("label", "top_token", "logit_token"):
         start = time.perf_counter()
@@ -264,17 +273,24 @@ def main() -> None:
     p.add_argument("--cards", type=int, default=1000)
     p.add_argument("--finalise", action="store_true", help="also time neighbours (faiss) and logit effects")
     p.add_argument("--search-rows", type=int, default=8192, help="rows the faiss search is timed on")
+    p.add_argument("--baseline", type=int, default=4096, help="width of the small index cards alternate with (0: none)")
     p.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the child process's job
+    p.add_argument("--baseline-path", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--measure-finalise", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure:
-        print(json.dumps(measure_reader(args.measure, args.cards)))
+        print(json.dumps(measure_reader(args.measure, args.cards, args.baseline_path)))
         return
     if args.measure_finalise:
         print(json.dumps(measure_finalise(args.measure_finalise, args.search_rows)))
         return
     labels = json.loads((DEMO_INDEX / LABELS_AUTO_FILE).read_text(encoding="utf-8"))["labels"]
     summary = []
+    base = None
+    if args.baseline:
+        base = args.out / f"index-{args.baseline}"
+        if not (base / MANIFEST_FILE).is_file():
+            write_synthetic_index(base, args.baseline, n_windows=args.windows, labels=labels)
     for d in args.widths:
         path = args.out / f"index-{d}"
         start = time.perf_counter()
@@ -284,10 +300,13 @@ def main() -> None:
               f"{sum(f.stat().st_size for f in path.iterdir()) / 1e9:.2f} GB", flush=True)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         child = [sys.executable, __file__, "--cards", str(args.cards), "--measure", str(path)]
+        if base is not None:
+            child += ["--baseline-path", str(base)]
         r = json.loads(subprocess.run(child, check=True, capture_output=True, text=True, env=env).stdout)
         print(f"[{d:,}] " + ", ".join(f"{k} {v:.1f}" for k, v in r.items()), flush=True)
         summary.append(f"{d:,}: open {r['open_ms']:.0f} ms, app open {r['app_open_ms']:.0f} ms, card p95 "
-                       f"{r['card_p95_ms']:.0f} ms, label search p95 {r['label_search_p95_ms']:.0f} ms, RSS +"
+                       f"{r['card_p95_ms']:.0f} ms (x{r['card_p50_ms'] / r.get('baseline_card_p50_ms', float('nan')):.2f} the "
+                       f"{args.baseline:,}-feature index's p50), label search p95 {r['label_search_p95_ms']:.0f} ms, RSS +"
                        f"{r['rss_search_mb'] - r['rss_before_mb']:.0f} MB anon")
         if args.finalise:
             child = [sys.executable, __file__, "--search-rows", str(args.search_rows), "--measure-finalise", str(d)]

@@ -213,8 +213,9 @@ class FeatureIndex:
         name = "peak_token_ids" if by == "top_token" else "logit_top_ids"
         ids = self._array(self._features, name)
         present, texts = self._token_texts(name, ids)
-        matching = present[[q in t for t in texts]]
-        hit = np.isin(ids, matching, kind="table") if len(matching) else np.zeros(ids.shape, bool)
+        wanted = np.zeros(int(present[-1]) + 2 if len(present) else 1, bool)  # by token id; -1 -> the last
+        wanted[present[[q in t for t in texts]]] = True
+        hit = wanted[ids]
         n_hits = hit.sum(1)
         found = np.flatnonzero(n_hits)
         # The primary key first: only features that tie with the limit-th or beat it are sorted.
@@ -250,7 +251,7 @@ class FeatureIndex:
         """The token ids present in column `name` and their stripped, case-folded texts (cached)."""
         with self._lock:
             if name not in self._search:
-                present = np.unique(ids[ids >= 0])
+                present = np.flatnonzero(np.bincount(ids[ids >= 0]))  # ids are token ids: bincount beats unique
                 self._search[name] = present, [t.strip().casefold() for t in self._text.texts(present)]
             return self._search[name]
 

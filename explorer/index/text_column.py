@@ -73,7 +73,7 @@ class LabelLines:
             except (OSError, ValueError, KeyError, TypeError):
                 log.warning("%s is missing or unreadable; features have no automatic labels", self.file)
                 labels = []
-            if not isinstance(labels, list) or len(labels) != self.n or not all(isinstance(t, str) for t in labels):
+            if not isinstance(labels, list) or len(labels) != self.n or set(map(type, labels)) - {str}:
                 labels = [""] * self.n
             self._list, self._lines = labels, None
         return self._list
