@@ -223,8 +223,9 @@ class FeatureIndex:
             found = found[_best_keys(-n_hits[found], limit)]
             order = np.lexsort((found, -self.max_activations()[found].astype(np.float64), -n_hits[found]))
         else:
-            found = found[_best_keys(hit.argmax(1)[found], limit)]
-            first = hit.argmax(1)[found]
+            first = hit[found].argmax(1)  # the best-ranked matching promoted token
+            keep = _best_keys(first, limit)
+            found, first = found[keep], first[keep]
             value = self._array(self._features, "logit_top_values")[found, first]
             order = np.lexsort((found, -value.astype(np.float64), first))
         return [int(f) for f in found[order][:limit]]
