@@ -12,6 +12,8 @@ Where things are:
 - finalise.py    PassState -> index folder: logit effects, neighbours, co-occurring
                  features, quantile groups, the example table, automatic labels;
 - reader.py      FeatureIndex and the cards it reads (FeatureCard, Example, QuantileBin);
+- mapped.py      MappedFile: a safetensors file mapped read-only, arrays as numpy views;
+- text_column.py labels_auto.json read a line at a time, and vectorised label search;
 - user_labels.py labels_user.json: user labels keyed to their SAE, never overwritten when unreadable;
 - integrity.py   the checks of a folder at open (manifest, sizes, array shapes) and by
                  `explorer index --verify` (sha256 of every file).
