@@ -19,7 +19,7 @@ from explorer.index import FeatureIndex, IndexFormatError
 from explorer.index.format import EXAMPLES_FILE, FEATURES_FILE, LABELS_AUTO_FILE
 from explorer.index.integrity import open_checked
 from explorer.index.mapped import MappedFile
-from explorer.index.text_column import LabelLines
+from explorer.index.text_column import LabelLines, TextColumn, rank
 from explorer.sae import random_sae
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +65,17 @@ def test_label_search_is_the_python_loop_on_the_demo_index(demo_copy):
     assert ix.search("quokka") == [3] and ix.search("strasse")[:1] == [12]
     ix.set_label(3, "")  # removed: the automatic label is searched again
     assert ix.search("quokka") == [] and ix.search(ix.label(3), limit=5000) == loop_search(ix, ix.label(3), 5000)
+
+
+@pytest.mark.parametrize("texts", [["Straße", "STRASSE", "ss", "", "ǅ x", "ﬁne", "a\x00b", "😀 ss"],
+                                   ["Abc", "xABC", "abcabc", "ab", "c", "ABC", "bc"]])
+def test_text_column_finds_what_str_find_finds(texts):
+    """Both folding paths (whole text at once; text by text when folding changes lengths)."""
+    column = TextColumn(texts)
+    for q in ["ss", "straße", "abc", "b", "c", "x", "😀", "fi", "\x00", "ǆ", "bca", "zz"]:
+        want = sorted((0 if t.casefold() == q.casefold() else 1 if t.casefold().find(q.casefold()) == 0 else 2,
+                       t.casefold().find(q.casefold()), f) for f, t in enumerate(texts) if q.casefold() in t.casefold())
+        assert rank(*column.find(q), limit=100).tolist() == [f for *_, f in want], q
 
 
 def test_labels_read_a_line_at_a_time_equal_the_parsed_file(tmp_path):

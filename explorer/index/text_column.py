@@ -83,10 +83,17 @@ class TextColumn:
     """Case-insensitive substring search over one text per feature (`texts[i]` is feature i's)."""
 
     def __init__(self, texts: list[str]):
-        folded = [t.casefold() for t in texts]
-        lengths = np.fromiter(map(len, folded), np.int64, len(folded))
+        # Case folding maps each character on its own, so the joined text can be folded in one
+        # call; only when that changes the length (ß -> ss) are the texts folded one by one.
+        joined = "".join(texts)
+        folded = joined.casefold()
+        if len(folded) == len(joined):
+            lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+        else:
+            pieces = [t.casefold() for t in texts]
+            lengths, folded = np.fromiter(map(len, pieces), np.int64, len(pieces)), "".join(pieces)
         self.starts = np.concatenate([[0], np.cumsum(lengths)])  # text i is chars[starts[i]:starts[i + 1]]
-        codes = np.frombuffer("".join(folded).encode("utf-32-le"), np.uint32)
+        codes = np.frombuffer(folded.encode("utf-32-le"), np.uint32)
         self.chars = codes.astype(np.uint16) if len(codes) == 0 or codes.max() < 65536 else codes
         # how often each character occurs, to anchor a search at the query's rarest one
         self._freq = np.bincount(codes, minlength=1) if len(codes) else np.zeros(1, np.int64)
