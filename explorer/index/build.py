@@ -32,7 +32,8 @@ number of ranks resumes every rank where it stopped, and a rank whose shard was 
 work. Then every rank sends its state to rank 0 (safetensors bytes over the process group),
 which folds them in rank order with explorer.index.merge and writes the index: the same files,
 byte for byte, as one process writes; only the manifest's `created` and `distributed` (world
-size, backend, the gather-and-merge time, each rank's peak RSS) differ. Rank 0 alone holds the
+size, backend, rank 0's wait for the slowest shard, the gather-and-merge time, each rank's peak
+RSS up to the merge) differ. Rank 0 alone holds the
 output lock and writes the output folder; an error a user can cause on rank 0 stops every rank
 with its message (explorer.distributed.from_rank0).
 """
@@ -247,9 +248,10 @@ def _encode_batch(lm, sae, space, tokens: np.ndarray, lo: int, hi: int, bos: int
 
 def _run_pass(lm, sae, tokens: np.ndarray, run: PassState, bos: int | None, batch_size: int,
               checkpoint_every: int, checkpoint: Callable[[], None], on_batch: Callable[[int], None] | None,
-              progress: bool, batches: range | None = None) -> None:
+              progress: bool, batches: range | None = None, ready: dict | None = None) -> None:
     """Fold the windows from `run.windows_done` on into `run`, batch by batch, checkpointing.
-    `batches` (default: all) are the batch numbers of this process's shard."""
+    `batches` (default: all) are the batch numbers of this process's shard; `ready` maps batch
+    numbers to their `_encode_batch` result where that was already computed."""
     n_windows, L = tokens.shape
     batches = range(math.ceil(n_windows / batch_size)) if batches is None else batches
     first_window = min(batches.start * batch_size, n_windows)
@@ -261,7 +263,7 @@ def _run_pass(lm, sae, tokens: np.ndarray, run: PassState, bos: int | None, batc
         space = sae_space(lm.model, sae.cfg)  # the SAE's input space (TransformerLens processing)
     for number in range(max(batches.start, run.windows_done // batch_size), batches.stop):
         lo, hi = number * batch_size, min((number + 1) * batch_size, n_windows)
-        f, skip = _encode_batch(lm, sae, space, tokens, lo, hi, bos)
+        f, skip = (ready or {}).pop(number, None) or _encode_batch(lm, sae, space, tokens, lo, hi, bos)
         if run.edges is None:
             run.edges = torch.from_numpy(_hist_edges(_calibrated_hi(float(f.max())))).to(f.device)
         run.update(f, lo)
@@ -377,16 +379,17 @@ def shard_batches(n_batches: int, rank: int, world_size: int) -> range:
     return range(rank * n_batches // world_size, (rank + 1) * n_batches // world_size)
 
 
-def _agreed_edges(job: _SplitJob, lm, sae, tokens: np.ndarray, run: PassState) -> list[float]:
+def _agreed_edges(job: _SplitJob, lm, sae, tokens: np.ndarray, run: PassState, ready: dict) -> list[float]:
     """Rank 0's histogram edges, the one-process build's: from its checkpoint, hist_range, or
-    global batch 0 (which rank 0 then folds in again; one batch of extra work)."""
+    global batch 0, whose activations stay in `ready` for rank 0's pass."""
     if run.edges is not None:
         return [float(e) for e in run.edges.cpu()]
     if job.hist_range is not None:
         return [float(e) for e in _range_edges(job.hist_range)]
     with lm.lock:
         space = sae_space(lm.model, sae.cfg)
-    f, _ = _encode_batch(lm, sae, space, tokens, 0, min(job.batch_size, len(tokens)), job.bos)
+    ready[0] = _encode_batch(lm, sae, space, tokens, 0, min(job.batch_size, len(tokens)), job.bos)
+    f = ready[0][0]
     return [float(e) for e in _hist_edges(_calibrated_hi(float(f.max())))]
 
 
@@ -399,6 +402,7 @@ def _build_split(job: _SplitJob, lm, sae, windows, run: PassState, checkpoint_ev
     first = min(batches.start * job.batch_size, n_windows)
     mine = job.partial / f"rank-{dist.rank}-of-{dist.world_size}"
     identity = {**job.identity, "shard_windows": [first, min(batches.stop * job.batch_size, n_windows)]}
+    ready: dict = {}  # batch 0's activations when rank 0 computed them for the edges
 
     def resume() -> bool:
         remove_leftovers(mine / STATE_FILE)
@@ -408,7 +412,7 @@ def _build_split(job: _SplitJob, lm, sae, windows, run: PassState, checkpoint_ev
         remove_leftovers(job.out)
         _check_target(job.out, job.fingerprint, job.force)
         resume()
-        return _agreed_edges(job, lm, sae, tokens, run)
+        return _agreed_edges(job, lm, sae, tokens, run, ready)
 
     with _output_lock(job.out) if dist.rank == 0 else nullcontext():
         agreed = torch.tensor(distributed.from_rank0(dist, prepare), dtype=torch.float32, device=sae.device)
@@ -420,16 +424,19 @@ def _build_split(job: _SplitJob, lm, sae, windows, run: PassState, checkpoint_ev
         run.edges = agreed
         run.windows_done = max(run.windows_done, first)
         _run_pass(lm, sae, tokens, run, job.bos, job.batch_size, checkpoint_every,
-                  lambda: _save_checkpoint(mine, run, identity), on_batch, progress and dist.rank == 0, batches)
+                  lambda: _save_checkpoint(mine, run, identity), on_batch, progress and dist.rank == 0, batches, ready)
         _save_checkpoint(mine, run, identity)  # the finished shard: a rerun skips it
         state = run.state_dict()
+        waited = time.perf_counter()
+        distributed.barrier(dist)  # every shard done: what follows times the gather and merge alone
+        waited = time.perf_counter() - waited
         if dist.rank != 0:
             meta = {"n_tokens": run.n_tokens, "peak_rss_bytes": distributed.peak_rss_bytes()}
             distributed.send_bytes(dist, json.dumps(meta).encode())
             distributed.send_bytes(dist, _state_bytes(state))
             distributed.from_rank0(dist, lambda: None)  # wait for the index, or rank 0's error
         else:
-            distributed.from_rank0(dist, lambda: _merge_and_write(job, lm, sae, windows, run, state))
+            distributed.from_rank0(dist, lambda: _merge_and_write(job, lm, sae, windows, run, state, waited))
     shutil.rmtree(mine, ignore_errors=True)
     distributed.barrier(dist)  # every rank's folder is gone before rank 0 removes theirs
     if dist.rank == 0:
@@ -443,7 +450,7 @@ def _state_bytes(state: dict) -> bytes:
     return save(state)
 
 
-def _merge_and_write(job: _SplitJob, lm, sae, windows, run: PassState, state: dict) -> None:
+def _merge_and_write(job: _SplitJob, lm, sae, windows, run: PassState, state: dict, waited: float) -> None:
     """Rank 0: take every other rank's state in rank order, fold each into its own, write the index."""
     from safetensors.torch import load
 
@@ -461,6 +468,6 @@ def _merge_and_write(job: _SplitJob, lm, sae, windows, run: PassState, state: di
     seconds = time.perf_counter() - started
     rss[0] = distributed.peak_rss_bytes()
     log.info("merged the states of %d ranks in %.2f s", dist.world_size, seconds)
-    how = {"world_size": dist.world_size, "backend": dist.backend, "gather_merge_seconds": round(seconds, 3),
-           "peak_rss_bytes": rss}
+    how = {"world_size": dist.world_size, "backend": dist.backend, "wait_seconds": round(waited, 3),
+           "gather_merge_seconds": round(seconds, 3), "peak_rss_bytes": rss}
     write_index(job.out, merged, lm, sae, windows, _manifest(job.identity, merged, how))
