@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from explorer.index import exact_sum, pass_state
+from explorer.index.build import shard_batches
 from explorer.index.merge import merge_states
 from explorer.index.pass_state import PassState
 
@@ -70,6 +71,14 @@ def test_merge_refuses_overlap_and_other_edges():
     b["new_field"] = b["count"]
     with pytest.raises(ValueError, match="RULES"):
         merge_states([a, b], L)
+
+
+def test_shards_are_whole_batches_in_order():
+    for n_batches in range(13):
+        for world in range(1, 6):
+            shards = [shard_batches(n_batches, rank, world) for rank in range(world)]
+            assert [b for shard in shards for b in shard] == list(range(n_batches))
+            assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
 def test_exact_sum_ignores_order():
