@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -72,9 +73,16 @@ def main() -> None:
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-dist-"))
-    windows_file = tmp / "windows.safetensors"
+    try:
+        run(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args, tmp: Path) -> None:
     from transformers import AutoTokenizer
 
+    windows_file = tmp / "windows.safetensors"
     tokenizer = AutoTokenizer.from_pretrained(resolve_source("demo")[0])  # the demo model's, as `explorer index` uses
     save_windows(random_windows(tokenizer, args.windows, args.window_len), windows_file)
     walls: dict[int, list[float]] = {n: [] for n in args.ranks}
