@@ -1,0 +1,185 @@
+"""`explorer serve`: a real uvicorn server on localhost, driven by the official `openai` client."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+
+from explorer.presets import make_preset
+from explorer.sae import random_sae
+from explorer.serve import make_app, model_id
+from explorer.steering import Intervention
+from tests.tiny import tiny_model
+
+HOOK = "blocks.1.hook_resid_post"
+# A toy chat template, so the tiny byte-level model has one to apply.
+TEMPLATE = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(app):
+    """The app served by uvicorn on a free localhost port, in a thread; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def tiny_server(one_thread):
+    lm = tiny_model("llama", seed=3)
+    lm.tokenizer.chat_template = TEMPLATE
+    sae = random_sae(lm.d_model, 64, architecture="topk", k=8, hook_name=HOOK, seed=4)
+    presets = {"loud": make_preset("loud", [Intervention(5, "clamp", 40.0)], d_sae=64),
+               "quiet": make_preset("quiet", [Intervention(5, "ablate")], settings={"max_new_tokens": 3}, d_sae=64)}
+    with running(make_app(lm, sae, presets)) as url:
+        yield url, model_id(lm.name)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_server):
+    url, _ = tiny_server
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_models_lists_the_plain_model_and_every_preset(client, tiny_server):
+    base = tiny_server[1]
+    ids = [m.id for m in client.models.list()]
+    assert ids == [base, f"{base}:loud", f"{base}:quiet"]
+    assert client.models.retrieve(f"{base}:loud").id == f"{base}:loud"
+
+
+def test_completion_is_greedy_deterministic_and_counts_usage(client, tiny_server):
+    base = tiny_server[1]
+    a = client.completions.create(model=base, prompt="Hello there", max_tokens=6, temperature=0)
+    b = client.completions.create(model=base, prompt="Hello there", max_tokens=6, temperature=0, seed=9)
+    assert a.choices[0].text == b.choices[0].text  # greedy: the seed does not matter
+    assert a.object == "text_completion" and a.model == base
+    assert a.choices[0].finish_reason in ("stop", "length")
+    assert a.usage.prompt_tokens == 1 + len("Hello there")  # BOS + one token per byte
+    assert 1 <= a.usage.completion_tokens <= 6
+    assert a.usage.total_tokens == a.usage.prompt_tokens + a.usage.completion_tokens
+
+
+def test_a_preset_changes_the_output_and_the_stream_matches(client, tiny_server):
+    base = tiny_server[1]
+    ask = dict(prompt="Hello there", max_tokens=8, temperature=0)
+    plain = client.completions.create(model=base, **ask).choices[0].text
+    loud = client.completions.create(model=f"{base}:loud", **ask).choices[0].text
+    assert loud != plain
+    pieces = list(client.completions.create(model=f"{base}:loud", stream=True, **ask))
+    assert "".join(c.choices[0].text for c in pieces if c.choices) == loud
+    assert pieces[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_preset_settings_are_defaults_the_request_overrides(client, tiny_server):
+    base = tiny_server[1]
+    short = client.completions.create(model=f"{base}:quiet", prompt="Hi", temperature=0)
+    assert short.usage.completion_tokens <= 3  # the preset's max_new_tokens
+    longer = client.completions.create(model=f"{base}:quiet", prompt="Hi", temperature=0, max_tokens=5)
+    assert longer.usage.completion_tokens > 3 or longer.choices[0].finish_reason == "stop"
+
+
+def test_chat_goes_through_the_template_streamed_and_not(client, tiny_server):
+    base = tiny_server[1]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    reply = client.chat.completions.create(model=base, messages=messages, max_tokens=6, temperature=0)
+    prompt = "<system>Be brief.\n<user>Hi\n<assistant>"
+    assert reply.usage.prompt_tokens == 1 + len(prompt)
+    assert reply.choices[0].message.role == "assistant" and reply.object == "chat.completion"
+    stream = client.chat.completions.create(model=base, messages=messages, max_tokens=6, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == reply.choices[0].message.content
+    assert chunks[-1].usage.total_tokens == reply.usage.total_tokens
+
+
+def test_n_rows_and_stop_sequences(client, tiny_server):
+    base = tiny_server[1]
+    full = client.completions.create(model=base, prompt="abc", max_tokens=8, temperature=0).choices[0].text
+    two = client.completions.create(model=base, prompt="abc", max_tokens=8, temperature=0, n=2)
+    assert [c.text for c in two.choices] == [full, full] and [c.index for c in two.choices] == [0, 1]
+    if len(full) >= 3:  # cut before the first occurrence of a piece of the text
+        stop = full[1:3]
+        cut = client.completions.create(model=base, prompt="abc", max_tokens=8, temperature=0, stop=[stop])
+        assert cut.choices[0].text == full[: full.find(stop)] and cut.choices[0].finish_reason == "stop"
+        streamed = client.completions.create(model=base, prompt="abc", max_tokens=8, temperature=0, stop=stop,
+                                             stream=True)
+        assert "".join(c.choices[0].text for c in streamed) == cut.choices[0].text
+
+
+def test_errors_are_openai_error_objects(client, tiny_server):
+    base = tiny_server[1]
+    with pytest.raises(openai.NotFoundError) as err:
+        client.completions.create(model="no-such-model", prompt="Hi")
+    assert err.value.body["code"] == "model_not_found" and err.value.body["param"] == "model"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=base, prompt="Hi", temperature=5)
+    assert err.value.body["type"] == "invalid_request_error" and err.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=base, prompt="Hi", logprobs=2)
+    assert err.value.body["param"] == "logprobs"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=base, messages=[])
+    assert err.value.body["param"] == "messages"
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=base, prompt=["one", "two"])
+
+
+def test_malformed_json_gets_an_error_object(tiny_server):
+    url, _ = tiny_server
+    request = urllib.request.Request(f"{url}/v1/completions", data=b"{not json", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=30)
+    assert err.value.code == 400
+    body = json.loads(err.value.read())
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["type"] == "invalid_request_error"
+
+
+def test_concurrent_requests_all_complete(client, tiny_server):
+    base = tiny_server[1]
+    expected = client.completions.create(model=base, prompt="same", max_tokens=5, temperature=0).choices[0].text
+    results: list[str] = []
+
+    def ask(i: int) -> None:
+        model = base if i % 2 == 0 else f"{base}:loud"
+        stream = i % 3 == 0
+        out = client.completions.create(model=model, prompt="same", max_tokens=5, temperature=0, stream=stream)
+        text = "".join(c.choices[0].text for c in out) if stream else out.choices[0].text
+        results.append(text if model == base else "steered")
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == sorted([expected] * 3 + ["steered"] * 3)
