@@ -183,3 +183,48 @@ def test_concurrent_requests_all_complete(client, tiny_server):
     for t in threads:
         t.join(60)
     assert sorted(results) == sorted([expected] * 3 + ["steered"] * 3)
+
+
+@pytest.mark.demo
+def test_cli_serve_on_the_demo_model_steers_with_a_preset(tmp_path):
+    """`explorer serve` as a user starts it: the demo model, SAE and index, and a presets file."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from explorer.model import DEMO_NAME
+    from explorer.presets import save_preset
+    from explorer.sae_files import sae_fingerprint
+    from explorer.workspace import DEMO_SAE
+
+    sae_id = sae_fingerprint(DEMO_SAE)
+    presets = tmp_path / "presets.json"
+    save_preset(presets, make_preset("loud", [Intervention(100, "clamp", 8.0, relative=True)]), sae_id)
+    port = free_port()
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "EXPLORER_THREADS": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "explorer.cli", "serve", "--port", str(port),
+                             "--presets", str(presets)], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                ids = [m.id for m in client.models.list()]
+                break
+            except openai.APIConnectionError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "the server did not start in 120 s"
+                time.sleep(0.5)
+        assert ids == [DEMO_NAME, f"{DEMO_NAME}:loud"]
+        ask = dict(messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=12,
+                   temperature=0)
+        plain = client.chat.completions.create(model=DEMO_NAME, **ask).choices[0].message.content
+        steered = client.chat.completions.create(model=f"{DEMO_NAME}:loud", **ask).choices[0].message.content
+        assert "Paris" in plain
+        assert steered != plain
+    finally:
+        proc.terminate()
+        proc.wait(30)
