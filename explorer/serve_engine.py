@@ -76,6 +76,7 @@ class LockedTicket:
         for row in job.rows:
             resolve(row, sae.cfg.d_sae, job.max_acts)
         self._rows = len(job.rows)
+        self.steps = 0  # decoding steps done
         self._steps = stream_rows(lm, sae, job.text, job.rows, job.settings, job.max_acts, job.stops)
         self._thread = threading.Thread(target=self._run, name="serve-job", daemon=True)
         self._thread.start()
@@ -87,6 +88,7 @@ class LockedTicket:
                 for step in self._steps:
                     if self._cancelled.is_set():
                         return
+                    self.steps += 1
                     for row, token in enumerate(step):
                         if token is not None:
                             self._queue.put(TokenEvent(row, token, False))

@@ -16,6 +16,7 @@ import pytest
 from explorer.presets import make_preset
 from explorer.sae import random_sae
 from explorer.serve import make_app, model_id
+from explorer.serve_engine import LockedEngine
 from explorer.steering import Intervention
 from tests.tiny import tiny_model
 
@@ -51,14 +52,42 @@ def running(app):
         thread.join(10)
 
 
+class NotingEngine(LockedEngine):
+    """The engine, noting every ticket it hands out (to see which were cancelled)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.tickets = []
+
+    def submit(self, job):
+        ticket = super().submit(job)
+        self.tickets.append(ticket)
+        return ticket
+
+
+SLOW = threading.Event()  # while set, every forward pass of the tiny model takes 10 ms more
+
+
+def slow_down(module, args):
+    if SLOW.is_set():
+        time.sleep(0.01)
+
+
 @pytest.fixture(scope="module")
-def tiny_server(one_thread):
+def engine():
+    return []
+
+
+@pytest.fixture(scope="module")
+def tiny_server(one_thread, engine):
     lm = tiny_model("llama", seed=3)
     lm.tokenizer.chat_template = TEMPLATE
+    lm.model.register_forward_pre_hook(slow_down)
     sae = random_sae(lm.d_model, 64, architecture="topk", k=8, hook_name=HOOK, seed=4)
     presets = {"loud": make_preset("loud", [Intervention(5, "clamp", 40.0)], d_sae=64),
                "quiet": make_preset("quiet", [Intervention(5, "ablate")], settings={"max_new_tokens": 3}, d_sae=64)}
-    with running(make_app(lm, sae, presets)) as url:
+    engine.append(NotingEngine(lm, sae))
+    with running(make_app(lm, sae, presets, engine=engine[0])) as url:
         yield url, model_id(lm.name)
 
 
@@ -163,6 +192,24 @@ def test_malformed_json_gets_an_error_object(tiny_server):
     body = json.loads(err.value.read())
     assert set(body["error"]) == {"message", "type", "param", "code"}
     assert body["error"]["type"] == "invalid_request_error"
+
+
+def test_a_client_that_goes_away_cancels_its_stream(client, tiny_server, engine):
+    base = tiny_server[1]
+    SLOW.set()  # 240 tokens take 2.4 s or more: time enough to go away in the middle
+    try:
+        stream = client.completions.create(model=base, prompt="go on", max_tokens=240, temperature=0, stream=True)
+        next(iter(stream))
+        ticket = engine[0].tickets[-1]
+        stream.close()
+        deadline = time.monotonic() + 20
+        while not ticket._cancelled.is_set():
+            assert time.monotonic() < deadline, "the ticket was not cancelled"
+            time.sleep(0.05)
+        ticket._thread.join(20)
+    finally:
+        SLOW.clear()
+    assert not ticket._thread.is_alive() and ticket.steps < 200  # the job ended early, and let go of the model
 
 
 def test_concurrent_requests_all_complete(client, tiny_server):
