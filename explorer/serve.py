@@ -3,8 +3,9 @@
 `make_app` builds the FastAPI app: `/v1/models` lists the plain model and one
 model per saved steering preset (`<model>:<preset>`), and `/v1/completions`
 and `/v1/chat/completions` generate, streamed (server-sent events) or not,
-with the named preset's interventions. Every request goes to the generation
-engine (`explorer.serve_engine`), which runs all requests on the one model.
+with the named preset's interventions. Every request goes to the model's one
+scheduler (`explorer.serve_engine`, `explorer.scheduler`), which batches them
+with each other and with the app's sessions.
 Errors are OpenAI's error objects: 400 for a bad request, 404 for an unknown
 model, 429 when the engine's queue is full.
 
@@ -40,7 +41,7 @@ from explorer.openai_api import (
 )
 from explorer.presets import Preset
 from explorer.sae import SAE
-from explorer.serve_engine import Engine, EngineBusy, Job, default_engine
+from explorer.serve_engine import Engine, Job, SchedulerBusy, default_engine
 from explorer.settings import DEMO_MODEL
 from explorer.steering import MAX_NEW_TOKENS, GenerationSettings, SteeringError
 
@@ -174,10 +175,10 @@ async def respond(engine: Engine, lm: LoadedModel, served: Served, body: _Common
                   request: Request, chat: bool):
     try:
         ticket = engine.submit(job)
+    except SchedulerBusy as err:  # before ValueError: it is one
+        raise ApiError(429, str(err), type="rate_limit_error", code="server_busy") from None
     except (SteeringError, PromptError) as err:  # e.g. a preset's 'x max' without an index
         raise ApiError(400, str(err)) from None
-    except EngineBusy as err:
-        raise ApiError(429, str(err), type="rate_limit_error", code="server_busy") from None
     rid = new_id("chatcmpl" if chat else "cmpl")
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
