@@ -79,3 +79,33 @@ def test_saving_never_overwrites_an_unreadable_file(tmp_path):
     with pytest.raises(PresetError):
         save_preset(path, make_preset("x", [Intervention(1, "ablate")]), SAE_ID)
     assert path.read_text() == "{broken"
+
+
+@pytest.mark.demo
+def test_steering_page_saves_and_loads_a_preset(tmp_path, monkeypatch):
+    from tests.test_app import app, no_exception  # noqa: I001 (test_app puts the app's folder on sys.path)
+    import ui.presets
+
+    file = tmp_path / "presets.json"
+    monkeypatch.setattr(ui.presets, "path", lambda ws: file)
+    at = app("pages/steering.py", steer="7:ablate@gen,9:scale:3", stop="45>0.5", max_new_tokens="5")
+    at.text_input(key="preset_name").input("calm-2")
+    at.button(key="preset_save").click()
+    at.run()
+    no_exception(at)
+    saved = json.loads(file.read_text())["presets"]["calm-2"]
+    assert saved == {"steer": "7:ablate@gen,9:scale:3", "stop": "45>0.5"}
+    assert "Saved preset 'calm-2'" in "\n".join(s.value for s in at.success)
+
+    at = app("pages/steering.py", steer="1:clamp:2")  # another session, steering something else
+    at.selectbox(key="preset_pick").select("calm-2")
+    at.button(key="preset_load").click()
+    at.run()
+    no_exception(at)
+    modes = [s.value for s in at.selectbox if s.key and s.key.startswith("mode_")]
+    assert modes == ["ablate", "scale"]
+    assert at.session_state["steer_stop"] == "45>0.5"
+    at.text_input(key="preset_name").input("Bad Name")
+    at.button(key="preset_save").click()
+    at.run()
+    assert "is not allowed" in "\n".join(e.value for e in at.error)
