@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import os
 import shutil
 import subprocess
 import sys
@@ -319,9 +320,10 @@ def cmd_app(args) -> None:
     app = Path(__file__).resolve().parent.parent / "app.py"
     if not app.exists():
         raise CliError(f"{app} not found: the app runs from a source checkout of the project")
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
-           "--browser.gatherUsageStats", "false"]
-    raise SystemExit(subprocess.call(cmd))
+    # ui.launch: streamlit run app.py, with the workspace loading while the server starts
+    cmd = [sys.executable, "-m", "ui.launch", "--server.port", str(args.port), "--browser.gatherUsageStats", "false"]
+    path = os.pathsep.join(p for p in (str(app.parent), os.environ.get("PYTHONPATH", "")) if p)
+    raise SystemExit(subprocess.call(cmd, env={**os.environ, "PYTHONPATH": path}))
 
 
 
