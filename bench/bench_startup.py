@@ -11,7 +11,8 @@ user's browser is) the moment the server answers its health check:
 - preload: `python -m ui.launch` (the demo target now): the workspace loads
   while the server boots.
 
-It reports, per mode, the median seconds to a healthy server and to the first
+A mode may name another checkout whose app it starts, `plain=/path/to/checkout`
+(e.g. the main branch's, for the figure before this change). It reports, per mode, the median seconds to a healthy server and to the first
 page drawn (the sidebar names the loaded index and the script run has ended),
 and the ratio preload/plain within this run. The modes alternate, so a busy
 neighbour slows both alike.
@@ -38,11 +39,11 @@ FLAGS = ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
 LIMIT_S = 600
 
 
-def commands(mode: str, port: int) -> list[list[str]]:
+def commands(mode: str, port: int, root: Path) -> list[list[str]]:
     py = sys.executable
     flags = FLAGS + ["--server.port", str(port)]
     if mode == "plain":
-        return [[py, "-m", "explorer.cli", "demo-model"], [py, "-m", "streamlit", "run", str(ROOT / "app.py"), *flags]]
+        return [[py, "-m", "explorer.cli", "demo-model"], [py, "-m", "streamlit", "run", str(root / "app.py"), *flags]]
     if mode == "preload":
         return [[py, "-m", "ui.launch", *flags]]
     raise SystemExit(f"unknown mode {mode!r}: use plain or preload")
@@ -56,17 +57,17 @@ def healthy(url: str) -> bool:
         return False
 
 
-def one_start(browser, mode: str, log: Path) -> tuple[float, float]:
+def one_start(browser, mode: str, log: Path, root: Path) -> tuple[float, float]:
     """(seconds to a healthy server, seconds to the first page drawn), both from the first command's start."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    *before, server = commands(mode, port)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    *before, server = commands(mode, port, root)
     start = time.perf_counter()
     with open(log, "ab") as out:
         for cmd in before:
-            subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, check=True)
-        proc = subprocess.Popen(server, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+            subprocess.run(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, check=True)
+        proc = subprocess.Popen(server, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         while not healthy(url):
             if proc.poll() is not None or time.perf_counter() - start > LIMIT_S:
@@ -93,7 +94,8 @@ def one_start(browser, mode: str, log: Path) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=2, help="starts per mode")
-    p.add_argument("--modes", default="plain,preload", help="comma-separated: plain, preload")
+    p.add_argument("--modes", default="plain,preload",
+                   help="comma-separated: plain, preload, each optionally =CHECKOUT (default: this one)")
     args = p.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     log = Path(tempfile.mkdtemp(prefix="bench_startup_")) / "servers.log"
@@ -103,17 +105,16 @@ def main() -> None:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for rep in range(args.reps):
             for mode in modes:
-                health, drawn = one_start(browser, mode, log)
+                health, drawn = one_start(browser, mode.partition("=")[0], log, Path(mode.partition("=")[2] or ROOT).resolve())
                 times[mode].append((health, drawn))
-                print(f"rep {rep + 1} {mode:8s} healthy {health:6.1f} s  first page drawn {drawn:6.1f} s", flush=True)
+                print(f"rep {rep + 1} {mode} healthy {health:6.1f} s  first page drawn {drawn:6.1f} s", flush=True)
         browser.close()
     medians = {m: (statistics.median(h for h, _ in t), statistics.median(d for _, d in t)) for m, t in times.items()}
     for mode, (health, drawn) in medians.items():
-        print(f"{mode:8s} median: healthy {health:.1f} s, first page drawn {drawn:.1f} s")
-    if {"plain", "preload"} <= set(medians):
-        ratio = medians["preload"][1] / medians["plain"][1]
-        print(f"first page drawn: preload {medians['preload'][1]:.1f} s vs plain {medians['plain'][1]:.1f} s "
-              f"(ratio {ratio:.2f}), load average {os.getloadavg()[0]:.1f}")
+        print(f"{mode} median: healthy {health:.1f} s, first page drawn {drawn:.1f} s")
+    first, last = modes[0], modes[-1]
+    print(f"first page drawn: {last} {medians[last][1]:.1f} s vs {first} {medians[first][1]:.1f} s "
+          f"(ratio {medians[last][1] / medians[first][1]:.2f}), load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
