@@ -308,10 +308,14 @@ def named_preset(ws, name: str):
 def cmd_serve(args) -> None:
     from explorer.serve import make_app, serve, served_models
 
+    from explorer.presets import PresetsFile, presets_path
+
     ws = workspace(args)
-    file, presets = workspace_presets(ws, args.presets)
+    presets = PresetsFile(Path(args.presets) if args.presets else presets_path(env_settings().cache, ws.sae_id),
+                          ws.sae_id, ws.sae.cfg.d_sae)
     app = make_app(ws.lm, ws.sae, presets, ws.max_acts())
-    print(f"Presets from {file}; models: {', '.join(served_models(ws.lm, presets))}", file=sys.stderr)
+    print(f"Presets from {presets.path} (read again when it changes); models: "
+          f"{', '.join(served_models(ws.lm, presets.current()))}", file=sys.stderr)
     print(f"OpenAI-compatible API at http://{args.host}:{args.port}/v1", file=sys.stderr)
     serve(app, args.host, args.port)
 

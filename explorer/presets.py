@@ -23,6 +23,7 @@ preset and the fix; nothing here overwrites a file it could not read.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from pathlib import Path
 from explorer.files import write_json
 from explorer.links import format_steer, parse_steer
 from explorer.steering import GenerationSettings, Intervention, SteeringError, StopCondition, check_condition, parse_stop
+
+log = logging.getLogger(__name__)
 
 PRESETS_DIR = "presets"
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -164,3 +167,33 @@ def delete_preset(path: Path, name: str, sae_id: str) -> None:
 def _write(path: Path, presets: dict[str, Preset], sae_id: str) -> None:
     write_json(path, {"sae_fingerprint": sae_id,
                       "presets": {name: to_json(p) for name, p in sorted(presets.items())}})
+
+
+class PresetsFile:
+    """A presets file read again whenever it changes on disk, so a running server
+    offers a preset as soon as the steering page saves it. A change that does not
+    read as presets keeps the last good ones (and logs why)."""
+
+    def __init__(self, path: Path, sae_id: str, d_sae: int | None = None):
+        self.path, self.sae_id, self.d_sae = Path(path), sae_id, d_sae
+        self._stamp: tuple | None = None
+        self._presets: dict[str, Preset] = {}
+        self._lock = threading.Lock()
+        self.current(strict=True)  # a broken file at start is an error the user sees
+
+    def current(self, strict: bool = False) -> dict[str, Preset]:
+        try:
+            st = self.path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        with self._lock:
+            if stamp != self._stamp:
+                try:
+                    self._presets = load_presets(self.path, self.sae_id, self.d_sae)
+                except PresetError as err:
+                    if strict:
+                        raise
+                    log.warning("%s; keeping the presets read before", err)
+                self._stamp = stamp
+            return dict(self._presets)

@@ -39,7 +39,7 @@ from explorer.openai_api import (
     usage,
     usage_chunk,
 )
-from explorer.presets import Preset
+from explorer.presets import Preset, PresetsFile
 from explorer.sae import SAE
 from explorer.serve_engine import Engine, Job, SchedulerBusy, default_engine
 from explorer.settings import DEMO_MODEL
@@ -74,10 +74,13 @@ def served_models(lm: LoadedModel, presets: dict[str, Preset]) -> dict[str, Serv
     return models
 
 
-def make_app(lm: LoadedModel, sae: SAE, presets: dict[str, Preset] | None = None,
+def make_app(lm: LoadedModel, sae: SAE, presets: dict[str, Preset] | PresetsFile | None = None,
              max_acts: dict[int, float] | None = None, engine: Engine | None = None) -> FastAPI:
-    """The endpoint over one model and SAE; `presets` by name, `max_acts` for their 'N x max' values."""
-    models = served_models(lm, presets or {})
+    """The endpoint over one model and SAE; `presets` by name (a PresetsFile: read again when it
+    changes), `max_acts` for their 'N x max' values."""
+    def models() -> dict[str, Served]:
+        return served_models(lm, presets.current() if isinstance(presets, PresetsFile) else presets or {})
+
     engine = engine or default_engine(lm, sae)
     app = FastAPI(title="SAE Feature Explorer (OpenAI-compatible)", docs_url=None, redoc_url=None)
     app.state.engine = engine
@@ -102,24 +105,24 @@ def make_app(lm: LoadedModel, sae: SAE, presets: dict[str, Preset] | None = None
     @app.get("/v1/models")
     async def list_models():
         data = [{"id": m.id, "object": "model", "created": 0, "owned_by": "sae-explorer",
-                 **({"steering": m.preset.describe()} if m.preset else {})} for m in models.values()]
+                 **({"steering": m.preset.describe()} if m.preset else {})} for m in models().values()]
         return {"object": "list", "data": data}
 
     @app.get("/v1/models/{model:path}")
     async def get_model(model: str):
-        served = lookup(models, model)
+        served = lookup(models(), model)
         return {"id": served.id, "object": "model", "created": 0, "owned_by": "sae-explorer"}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        served = lookup(models, body.model)
+        served = lookup(models(), body.model)
         text = body.text()
         job = make_job(lm, served, body, text, chat=False, max_acts=max_acts)
         return await respond(engine, lm, served, body, job, request, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
-        served = lookup(models, body.model)
+        served = lookup(models(), body.model)
         text = chat_text(lm, body.conversation())
         job = make_job(lm, served, body, text, chat=True, max_acts=max_acts)
         return await respond(engine, lm, served, body, job, request, chat=True)

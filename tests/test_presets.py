@@ -109,3 +109,17 @@ def test_steering_page_saves_and_loads_a_preset(tmp_path, monkeypatch):
     at.button(key="preset_save").click()
     at.run()
     assert "is not allowed" in "\n".join(e.value for e in at.error)
+
+
+def test_a_presets_file_is_read_again_when_it_changes(tmp_path):
+    from explorer.presets import PresetsFile
+
+    path = tmp_path / "p.json"
+    source = PresetsFile(path, SAE_ID, d_sae=100)
+    assert source.current() == {}
+    save_preset(path, make_preset("one", [Intervention(1, "ablate")]), SAE_ID)
+    assert list(source.current()) == ["one"]
+    path.write_text("{broken and longer than before")
+    assert list(source.current()) == ["one"]  # the last good presets stay
+    with pytest.raises(PresetError):
+        PresetsFile(path, SAE_ID)  # but a broken file at start is refused

@@ -297,3 +297,18 @@ def test_cli_serve_on_the_demo_model_steers_with_a_preset(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_preset_saved_while_serving_is_offered(tmp_path, one_thread):
+    from explorer.presets import PresetsFile, save_preset
+
+    lm = tiny_model("llama", seed=3)
+    sae = random_sae(lm.d_model, 64, architecture="topk", k=8, hook_name=HOOK, seed=4)
+    path = tmp_path / "presets.json"
+    with running(make_app(lm, sae, PresetsFile(path, "sae-id", 64))) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+        base = model_id(lm.name)
+        assert [m.id for m in client.models.list()] == [base]
+        save_preset(path, make_preset("new", [Intervention(2, "clamp", 30.0)]), "sae-id")
+        assert [m.id for m in client.models.list()] == [base, f"{base}:new"]
+        assert client.completions.create(model=f"{base}:new", prompt="a", max_tokens=2, temperature=0).choices
