@@ -1,6 +1,6 @@
 """The app timed in a real browser (Debian chromium via Playwright) on the demo workspace.
 
-    python bench/bench_browser.py [--reps 3] [--tokens 24] [--cards 20] [--parts 1,2,3,4]
+    python bench/bench_browser.py [--reps 3] [--tokens 24] [--cards 20] [--parts 1,2,3,4,5]
 
 1. click on Generate until both completions are shown, vs one plain
    `model.generate` of the same length in this process (target <= 1.3x):
@@ -9,7 +9,9 @@
 2. feature card render, from a click on Next until the next card is fully drawn, p50 / p95 (target < 300 ms);
 3. token page for a 128-token prompt, from Analyse to highlighted tokens (target < 1.5 s);
 4. four browser sessions steering different features at once: each result must
-   equal the same request made alone, with no errors.
+   equal the same request made alone, with no errors;
+5. eight sessions (different prompts, features and sampling) press Generate at
+   once, vs one session alone (target: within 2x the time of one session).
 Clicks are timed in the page, from the click event until the result shows and the
 script run has ended (see TIMER_JS).
 The server runs torch on one thread (EXPLORER_THREADS=1), and so does this
@@ -95,7 +97,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--tokens", type=int, default=24, help="new tokens per generation")
     p.add_argument("--cards", type=int, default=20)
-    p.add_argument("--parts", default="1,2,3,4", help="which measurements to run, e.g. 1,2")
+    p.add_argument("--parts", default="1,2,3,4,5", help="which measurements to run, e.g. 1,2")
     args = p.parse_args()
     parts = {int(x) for x in args.parts.split(",")}
 
@@ -112,7 +114,8 @@ def main() -> None:
         return time.perf_counter() - start
 
     log = Path(tempfile.mkdtemp()) / "streamlit.log"
-    with running_app(log) as url, sync_playwright() as pw:
+    roots = str(Path(__file__).resolve().parent.parent)  # the app may open the project's data/ (its default)
+    with running_app(log, roots) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         tab = Tab(browser, url)
         tab.open("/")  # the first run loads the model
@@ -127,6 +130,8 @@ def main() -> None:
             print(f"3. token page, ~128-token prompt: median {statistics.median(token_times):.2f}s (target < 1.5 s)")
         if 4 in parts:
             concurrent_sessions(browser, tab, url, features[-4:])
+        if 5 in parts:
+            eight_sessions(browser, url, args)
         browser.close()
 
 
@@ -176,6 +181,33 @@ def concurrent_sessions(browser, tab, url: str, features: list[int]) -> None:
     same = sum(a == b for a, b in zip(alone, together))
     errors = sum(len(t.errors) for t in tabs)
     print(f"4. four concurrent sessions: {same}/4 equal to the same request alone, {errors} page errors")
+
+
+def eight_sessions(browser, url: str, args) -> None:
+    """Eight users' clicks meet in the model's scheduler; one user alone is timed the same way
+    (from the clicks until every page shows its run), each in fresh sessions."""
+    from test_browser_serving import path, session
+
+    def round_of(users: list[int]) -> float:
+        tabs = [Tab(browser, url).open(path(session(i, args.tokens))) for i in users]
+        try:
+            start = time.perf_counter()
+            generate_all(tabs)
+            seconds = time.perf_counter() - start
+            errors = sum(len(t.errors) for t in tabs)
+        finally:
+            for t in tabs:
+                t.close()
+        assert not errors, f"{errors} page errors"
+        return seconds
+
+    ones, eights = [], []
+    for rep in range(args.reps):
+        ones.append(round_of([rep % 8]))
+        eights.append(round_of(list(range(8))))
+    one, eight = statistics.median(ones), statistics.median(eights)
+    print(f"5. eight sessions Generate at once {eight:.2f}s vs one session alone {one:.2f}s "
+          f"({args.tokens} tokens, two rows each): ratio {eight / one:.2f} (target <= 2)")
 
 
 if __name__ == "__main__":

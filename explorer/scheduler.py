@@ -140,6 +140,10 @@ class Scheduler:
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
     @property
     def waiting(self) -> int:
         with self._cond:
@@ -176,8 +180,11 @@ class Scheduler:
             if self._closed:
                 raise SchedulerBusy("busy: the model's scheduler is closed. Fix: reload the model")
             if len(self._waiting) >= self.max_waiting:
-                raise SchedulerBusy(f"busy: {len(self._waiting)} requests waiting, try again in a moment")
+                raise SchedulerBusy(f"busy: {len(self._waiting)} requests waiting for the model. "
+                                    "Fix: try again in a moment")
             self._waiting.append(job)
+            if isinstance(job, _Request):
+                job.ticket.on_cancel = self._wake  # a cancelled request leaves the queue at once
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=f"scheduler-{self.lm.name}", daemon=True)
                 self._thread.start()
@@ -208,7 +215,11 @@ class Scheduler:
                 if self._closed or not self._cond.wait(IDLE_S) and not self._waiting:
                     self._thread = None
                     return None
-            taken: list[_Request | _Prefill] = []
+            # cancelled requests leave the queue from anywhere in it (_start ends them)
+            taken: list[_Request | _Prefill] = [job for job in self._waiting
+                                                if isinstance(job, _Request) and job.ticket.cancelled]
+            for job in taken:
+                self._waiting.remove(job)
             rows = len(self._rows)
             prefills = 0
             while self._waiting:

@@ -26,7 +26,7 @@ This module holds the prompt limits, the clients (`stream_rows`,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 from explorer.activations import MAX_PROMPT_TOKENS, encode_prompt
 from explorer.conditions import (  # noqa: F401  (most are re-exported: steering's API)
@@ -59,7 +59,7 @@ from explorer.interventions import (  # noqa: F401  (re-exported: steering's API
 )
 from explorer.model import LoadedModel
 from explorer.sae import SAE
-from explorer.scheduler import Row, scheduler_for
+from explorer.scheduler import Row, Ticket, scheduler_for
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,7 @@ def stream_rows(
     max_acts: Mapping[int, float] | None = None,
     stops: list[StopCondition | None] | None = None,
     stopped: dict[int, int] | None = None,
+    on_submit: Callable[[Ticket], None] | None = None,
 ) -> Iterator[list[int | None]]:
     """Generate one completion per row (each row its own interventions) and
     yield, per step, the new token of every row (None once a row has ended).
@@ -119,8 +120,11 @@ def stream_rows(
     The rows run in the model's scheduler, batched with other users' rows. Close
     the generator (e.g. `contextlib.closing`) when you stop reading early: that
     cancels the request and frees its rows. A prompt longer than `prompt_limit`
-    is cut to it (`prompt_truncation` says whether it was)."""
+    is cut to it (`prompt_truncation` says whether it was). `on_submit` is called
+    with the request's Ticket once it is queued (to cancel it from elsewhere)."""
     ticket = _submit(lm, sae, prompt, rows, settings, max_acts, stops)
+    if on_submit is not None:
+        on_submit(ticket)
     tokens = ticket.tokens()
     try:
         for step in tokens:

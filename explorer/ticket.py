@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from explorer.interventions import Completion
 
@@ -42,12 +42,15 @@ class Ticket:
         self._done = threading.Event()
         self._completions: list[Completion] = []
         self._error: BaseException | None = None
+        self.on_cancel: Callable[[], None] | None = None  # the scheduler's wake-up call
 
     # ---- the reader's side
 
     def cancel(self) -> None:
-        """Free the request's rows at the worker's next step."""
+        """Free the request's rows at the worker's next step (a waiting request leaves the queue)."""
         self._cancelled.set()
+        if self.on_cancel is not None and not self.done:
+            self.on_cancel()
 
     @property
     def cancelled(self) -> bool:

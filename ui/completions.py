@@ -18,6 +18,7 @@ from ui.workspace import ws_key
 # Streamed completions are redrawn at most this often: every redraw is a message
 # the browser renders on the same CPU that generates.
 STREAM_EVERY_S = 0.25
+TICKET_KEY = "steer_ticket"  # the session's generation in the model's scheduler
 
 
 def show_rows(ws: Workspace, boxes, ids: list[list[int]]) -> None:
@@ -29,15 +30,18 @@ def stream_pair(ws: Workspace, prompt: str, interventions, settings, boxes, clea
     """Generate clean and steered completions as one batch, showing them in
     `boxes` (two st.empty) as they grow. A `clean` completion from an earlier run
     with the same prompt and settings is shown at once and only the steered row
-    is generated. `stop` (a StopCondition) ends the steered row only. The
-    generator holds the model lock, so it is closed even when a rerun interrupts the loop."""
+    is generated. `stop` (a StopCondition) ends the steered row only. A new
+    generation in the same session cancels the one before (its rows leave the
+    model's batch), and the stream is closed even when a rerun interrupts the loop."""
     ids: list[list[int]] = [list(clean.token_ids) if clean else [], []]
     rows = [list(interventions)] if clean else [[], list(interventions)]
     stops = [stop] if clean else [None, stop]
     stopped: dict[int, int] = {}  # row -> generated token where its stop condition fired
     growing = ids[1:] if clean else ids
     shown = 0.0
-    with contextlib.closing(stream_rows(ws.lm, ws.sae, prompt, rows, settings, ws.max_acts(), stops, stopped)) as steps:
+    cancel_previous()
+    stream = stream_rows(ws.lm, ws.sae, prompt, rows, settings, ws.max_acts(), stops, stopped, keep_ticket)
+    with contextlib.closing(stream) as steps:
         for step in steps:
             for row, token in zip(growing, step):
                 if token is not None:
@@ -51,6 +55,17 @@ def stream_pair(ws: Workspace, prompt: str, interventions, settings, boxes, clea
     steered = completion(ws.lm, ids[1], settings, at, stop if at is not None else None)
     return SteeringResult(prompt, tuple(interventions), settings, clean, steered,
                           first_difference(clean.token_ids, steered.token_ids), stop=stop)
+
+
+def keep_ticket(ticket) -> None:
+    st.session_state[TICKET_KEY] = ticket
+
+
+def cancel_previous() -> None:
+    """Cancel this session's generation if one is still running (a rerun cut its page off)."""
+    ticket = st.session_state.pop(TICKET_KEY, None)
+    if ticket is not None:
+        ticket.cancel()
 
 
 def stopped_note(box, steered) -> None:

@@ -1,0 +1,130 @@
+"""Many users, one model: the scheduler's throughput and latency at N concurrent users.
+
+    python bench/bench_serving.py [--users 1 2 4 8] [--tokens 32] [--reps 2] [--sae data/demo/sae]
+
+Each user is a steering pair (the unclamped and the clamped row, as the app's
+Generate button asks for) with its own prompt and feature, `--tokens` new
+tokens per row, greedy, no stop at end of text. N users start at once (a
+barrier) and stream their tokens through `steering.stream_rows`, so every step
+of every user goes through the model's one scheduler.
+
+Reported per N: wall time of the round, throughput (generated tokens per second)
+relative to one user, and p50/p95 over users and reps of the time to the first
+token and to the last. Before timing, every user's completions are generated
+alone; each concurrent run must equal them token for token (mismatches are
+counted in the output). The last line reads `throughput at 4 users: X.XX x one user`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import statistics
+import threading
+import time
+
+import torch
+
+from explorer.steering import GenerationSettings, Intervention, generate_rows, stream_rows
+from explorer.workspace import open_workspace
+
+PROMPTS = [
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "The capital of France is",
+    "Explain how photosynthesis works to a child.",
+    "Once upon a time, in a small village by the sea, there lived",
+    "List three reasons to learn a second language:",
+    "def fibonacci(n):",
+    "My favourite recipe for a rainy day is",
+    "The history of the printing press begins in",
+]
+FEATURES = [0, 11, 42, 123, 512, 1024, 2048, 4000]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def user_job(i: int) -> tuple[str, list[list[Intervention]]]:
+    return PROMPTS[i % len(PROMPTS)], [[], [Intervention(FEATURES[i % len(FEATURES)], "clamp", 10.0)]]
+
+
+def one_user(lm, sae, i, settings, start: threading.Barrier, out: dict) -> None:
+    prompt, rows = user_job(i)
+    tokens: list[list[int]] = [[] for _ in rows]
+    start.wait()
+    t0 = time.perf_counter()
+    first = None
+    with contextlib.closing(stream_rows(lm, sae, prompt, rows, settings)) as steps:
+        for step in steps:
+            first = first or time.perf_counter() - t0
+            for row, token in zip(tokens, step):
+                if token is not None:
+                    row.append(token)
+    out[i] = (first, time.perf_counter() - t0, tokens)
+
+
+def round_of(lm, sae, n: int, settings) -> tuple[float, dict]:
+    """N users at once: (wall seconds, user -> (first token s, last token s, tokens))."""
+    out: dict = {}
+    start = threading.Barrier(n + 1)
+    threads = [threading.Thread(target=one_user, args=(lm, sae, i, settings, start, out)) for i in range(n)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0, out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--users", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--tokens", type=int, default=32, help="new tokens per row")
+    p.add_argument("--reps", type=int, default=2, help="rounds per N (after one warm-up round at N=1)")
+    p.add_argument("--sae", default=None, help="SAE folder (default: the demo SAE)")
+    args = p.parse_args()
+    if 4 not in args.users or 1 not in args.users:
+        p.error("--users must include 1 and 4 (the summary compares them)")
+
+    ws = open_workspace("demo", sae=args.sae, progress=False)
+    lm, sae = ws.lm, ws.sae
+    print(f"# {ws.describe()}; Linear weights: {lm.layout}")
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    settings = GenerationSettings(max_new_tokens=args.tokens, stop_at_eos=False)
+    alone = {}
+    for i in range(max(args.users)):
+        prompt, rows = user_job(i)
+        alone[i] = [c.token_ids for c in generate_rows(lm, sae, prompt, rows, settings)]
+    round_of(lm, sae, 1, settings)  # warm-up
+
+    per_user_tokens = 2 * args.tokens
+    throughput: dict[int, float] = {}
+    mismatches = 0
+    print(f"{'users':>5} {'wall s':>7} {'tok/s':>7} {'x one':>6} {'first p50':>9} {'first p95':>9} "
+          f"{'last p50':>8} {'last p95':>8}")
+    for n in args.users:
+        walls, firsts, lasts = [], [], []
+        for _ in range(args.reps):
+            wall, out = round_of(lm, sae, n, settings)
+            walls.append(wall)
+            for i, (first, last, tokens) in out.items():
+                firsts.append(first)
+                lasts.append(last)
+                mismatches += tokens != alone[i]
+        wall = statistics.median(walls)
+        throughput[n] = n * per_user_tokens / wall
+        print(f"{n:>5} {wall:>7.2f} {throughput[n]:>7.1f} {throughput[n] / throughput[1] if 1 in throughput else 1:>6.2f} "
+              f"{percentile(firsts, .5):>9.3f} {percentile(firsts, .95):>9.3f} "
+              f"{percentile(lasts, .5):>8.2f} {percentile(lasts, .95):>8.2f}")
+    for n in args.users:
+        print(f"# {n} users: {throughput[n] / throughput[1]:.2f} x one user's throughput (target at 4: >= 3.4, at 8: >= 4.8)")
+    print(f"# completions that differ from the same user alone: {mismatches}")
+    print(f"throughput at 4 users: {throughput[4] / throughput[1]:.2f} x one user")
+
+
+if __name__ == "__main__":
+    main()
