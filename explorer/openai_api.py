@@ -41,7 +41,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Common(BaseModel):
+class GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="allow")  # unknown fields: see `check_unsupported`
 
     model: str
@@ -68,7 +68,7 @@ class _Common(BaseModel):
                                param=name, code="unsupported_parameter")
 
 
-class CompletionRequest(_Common):
+class CompletionRequest(GenerationRequest):
     prompt: str | list[str]
 
     def text(self) -> str:
@@ -99,7 +99,7 @@ class Message(BaseModel):
         return "".join(parts)
 
 
-class ChatRequest(_Common):
+class ChatRequest(GenerationRequest):
     messages: list[Message] = Field(min_length=1)
 
     def conversation(self) -> list[dict]:

@@ -31,7 +31,7 @@ from explorer.openai_api import (
     ChatRequest,
     CompletionRequest,
     RowText,
-    _Common,
+    GenerationRequest,
     chat_object,
     chunk,
     completion_object,
@@ -150,7 +150,7 @@ def chat_text(lm: LoadedModel, messages: list[dict]) -> str:
         raise ApiError(400, f"The chat template refused these messages: {err}", param="messages") from None
 
 
-def make_job(lm: LoadedModel, served: Served, body: _Common, text: str, chat: bool,
+def make_job(lm: LoadedModel, served: Served, body: GenerationRequest, text: str, chat: bool,
              max_acts: dict[int, float] | None) -> Job:
     """The request as the engine takes it; the preset's settings fill what the request leaves out."""
     body.check_unsupported()
@@ -174,7 +174,7 @@ def make_job(lm: LoadedModel, served: Served, body: _Common, text: str, chat: bo
                stops=[stop] * body.n, stop_texts=stops, max_acts=max_acts)
 
 
-async def respond(engine: Engine, lm: LoadedModel, served: Served, body: _Common, job: Job,
+async def respond(engine: Engine, lm: LoadedModel, served: Served, body: GenerationRequest, job: Job,
                   request: Request, chat: bool):
     try:
         ticket = engine.submit(job)
@@ -202,6 +202,7 @@ class Row(RowText):
     """A row's text plus what ended it."""
 
     text_stopped = False  # a stop sequence (not EOS) ended it
+    ended_by: str | None = None  # the scheduler's reason: eos, length, stop (its stop feature) or cancelled
 
     def tokens(self) -> int:
         """Generated tokens, EOS included."""
@@ -212,7 +213,11 @@ def new_rows(lm: LoadedModel, job: Job) -> list[Row]:
     return [Row(lm.tokenizer, job.stop_texts, lm.tokenizer.eos_token_id) for _ in job.rows]
 
 
-def feed(row: Row, token: int | None) -> str:
+def feed(row: Row, event) -> str:
+    """The text `event` adds to its row (safe to send now)."""
+    token = event.token_id
+    if event.finished:
+        row.ended_by = event.finished
     if token is None or row.stopped:
         return ""
     before_eos = token != row.eos
@@ -224,7 +229,7 @@ def feed(row: Row, token: int | None) -> str:
 def collect(ticket, lm: LoadedModel, job: Job) -> list[Row]:
     rows = new_rows(lm, job)
     for event in ticket.events():
-        feed(rows[event.row], event.token_id)
+        feed(rows[event.row], event)
         if all(r.stopped for r in rows):
             break  # stop sequences ended every row: the rest is not wanted
     return rows
@@ -232,9 +237,11 @@ def collect(ticket, lm: LoadedModel, job: Job) -> list[Row]:
 
 def finish_reason(row: Row, job: Job) -> str:
     """'length' when the row ran to max_tokens without EOS, a stop sequence or its stop feature."""
-    if row.stopped or len(row.ids) < job.settings.max_new_tokens:
+    if row.stopped or row.ended_by in ("eos", "stop"):
         return "stop"
-    return "length"
+    if row.ended_by == "length" or len(row.ids) >= job.settings.max_new_tokens:
+        return "length"
+    return "stop"
 
 
 def sse(obj) -> bytes:
@@ -258,7 +265,7 @@ async def stream(ticket, lm: LoadedModel, model: str, rid: str, chat: bool, job:
             if event is done or await request.is_disconnected():
                 break
             row = rows[event.row]
-            text = feed(row, event.token_id)
+            text = feed(row, event)
             if text:
                 yield sse(chunk(rid, model, chat, event.row, text, None))
             if (event.finished or row.stopped) and not ended[event.row]:

@@ -110,9 +110,9 @@ def test_completion_is_greedy_deterministic_and_counts_usage(client, tiny_server
     b = client.completions.create(model=base, prompt="Hello there", max_tokens=6, temperature=0, seed=9)
     assert a.choices[0].text == b.choices[0].text  # greedy: the seed does not matter
     assert a.object == "text_completion" and a.model == base
-    assert a.choices[0].finish_reason in ("stop", "length")
+    # this tiny model writes no EOS here: the completion runs to max_tokens
+    assert a.choices[0].finish_reason == "length" and a.usage.completion_tokens == 6
     assert a.usage.prompt_tokens == 1 + len("Hello there")  # BOS + one token per byte
-    assert 1 <= a.usage.completion_tokens <= 6
     assert a.usage.total_tokens == a.usage.prompt_tokens + a.usage.completion_tokens
 
 
