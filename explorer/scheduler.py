@@ -206,6 +206,11 @@ class Scheduler:
                         self._decode()
                 except Exception as err:  # a bug here must not leave callers waiting forever
                     self._fail_all(err)
+                    for job in jobs:
+                        if isinstance(job, _Prefill) and not job.future.done():
+                            job.future.set_exception(err)
+                        elif isinstance(job, _Request) and not job.ticket.done:
+                            job.ticket.fail(err)
 
     def _next_jobs(self) -> list[_Request | _Prefill] | None:
         """The waiting jobs that start now (first come, first served, under the row cap);

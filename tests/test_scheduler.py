@@ -177,6 +177,17 @@ def test_an_error_in_a_forward_ends_its_requests_not_the_worker(lm, sae, monkeyp
     assert no_hooks_left(lm.model)
 
 
+def test_a_bug_in_the_worker_fails_the_requests_it_held_and_the_next_one_runs(lm, sae, monkeypatch):
+    s = Scheduler(lm, sae)
+    monkeypatch.setattr(Scheduler, "_advance", lambda *args: 1 / 0)
+    doomed = s.submit(ids(lm, "doomed"), [Row()])
+    with pytest.raises(ZeroDivisionError):
+        doomed.result(timeout=30)
+    monkeypatch.undo()
+    assert len(s.submit(ids(lm, "fine"), [Row()]).result(timeout=30)) == 1
+    s.close()
+
+
 def test_the_worker_waits_for_whoever_holds_the_model_lock(lm, sae):
     s = Scheduler(lm, sae)
     with lm.lock:  # as the index build or attribution would
