@@ -22,8 +22,8 @@ setup: $(BIN)/explorer
 demo-model: setup
 	$(BIN)/explorer demo-model
 
-demo: demo-model
-	$(BIN)/streamlit run app.py --server.port $(PORT) --browser.gatherUsageStats false
+demo: setup
+	$(BIN)/python -m ui.launch --server.port $(PORT) --browser.gatherUsageStats false
 
 # Browser tests drive Debian's chromium (playwright cannot download browsers here).
 chromium:

@@ -196,8 +196,12 @@ def load_model(
     dtype: str | None = None,
     cache: str | Path | None = None,
     progress: bool = True,
+    pack: bool = True,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer, in eval mode, on CUDA when present."""
+    """Load a causal LM and its tokenizer, in eval mode, on CUDA when present.
+
+    `pack=False` leaves a CPU model's Linear weights in the stock layout (see
+    `pack_in_background`), which makes the load a few tenths of its time faster."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     threads = env_settings().threads
@@ -221,10 +225,27 @@ def load_model(
         ) from None
     model.to(dev).eval()
     model.requires_grad_(False)
-    layout = optimise_for_cpu(model) if dev.type == "cpu" else "stock"
+    layout = optimise_for_cpu(model) if dev.type == "cpu" and pack else "stock"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, device=dev, dtype=dt, layout=layout)
+
+
+def pack_in_background(lm: LoadedModel) -> threading.Thread | None:
+    """Give a CPU model loaded with pack=False the fast decoding layout (cpu_layout.py), in a
+    thread that holds the model's lock meanwhile: the app draws its first page first.
+    Results agree with the stock layout to float rounding. `lm.layout` keeps saying what the
+    load did."""
+    if lm.device.type != "cpu" or lm.layout != "stock":
+        return None
+
+    def pack() -> None:
+        with lm.lock:
+            optimise_for_cpu(lm.model)
+
+    thread = threading.Thread(target=pack, name=f"pack-{lm.name}", daemon=True)
+    thread.start()
+    return thread
 
 
 def new_cache(model: torch.nn.Module) -> dict:

@@ -166,11 +166,13 @@ def open_workspace(
     device: str | None = None,
     dtype: str | None = None,
     progress: bool = True,
+    pack: bool = True,
 ) -> Workspace:
     """Load model, SAE and index, checking that they belong together.
 
-    With no SAE given, the demo model gets the committed demo SAE and index."""
-    lm = load_model(model, device=device, dtype=dtype, progress=progress)
+    With no SAE given, the demo model gets the committed demo SAE and index.
+    `pack`: as `load_model`'s."""
+    lm = load_model(model, device=device, dtype=dtype, progress=progress, pack=pack)
     loaded, source, sae_id = open_sae(lm, sae, hook)
     if index is None and sae is None and source != RANDOM_SAE and (DEMO_INDEX / "manifest.json").exists():
         index = str(DEMO_INDEX)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from explorer.export import md_escape as md
-from explorer.model import DEMO_NAME
+from explorer.model import DEMO_NAME, pack_in_background
 from explorer.settings import DEMO_MODEL, ROOTS_ENV, SettingsError, env_settings
 from explorer.workspace import RANDOM_SAE, Workspace, WorkspaceError, check_inside_roots, open_workspace
 
@@ -41,12 +41,14 @@ class Choice:
 @st.cache_resource(show_spinner="Loading model, SAE and index…", max_entries=2)
 def get_workspace(model: str, sae: str, index: str) -> Workspace:
     """One workspace per choice, shared by every session of this process."""
-    ws = open_workspace(model=model, sae=sae or None, index=index or None, progress=False)
+    # The fast decoding layout is made after the load, while the first page draws.
+    ws = open_workspace(model=model, sae=sae or None, index=index or None, progress=False, pack=False)
     # torch, transformers and the workspace leave ~450k long-lived Python objects;
     # every full garbage collection walked them all, a 200-400 ms pause about once
     # a second while pages rerun. Frozen objects are never walked again.
     gc.collect()
     gc.freeze()
+    pack_in_background(ws.lm)
     return ws
 
 
