@@ -36,8 +36,8 @@ MAX_CHARS = 200
 HEURISTIC_MODEL = "explorer.labels.auto_label"
 
 INTRO = "A feature of a language model fires on the tokens marked <<like this>> in these text excerpts:"
-ASK = ("What do the marked tokens have in common? Answer in a few words, such as \"the word 'from' after "
-       "verbs of motion\" or \"closing brackets in Python code\".")
+# No sample answer: small explainers copy it word for word.
+ASK = "What do the marked tokens have in common? Answer with one short phrase."
 
 
 def example_span(ex: Example, span: tuple[int, int] = SPAN) -> Span:

@@ -53,11 +53,12 @@ class Explanation:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def scores(self) -> str:
-        """'detection 0.75 · fuzzing 0.60 (n=20/20, judge M)', or 'not scored'."""
+        """'detection 0.75 · fuzzing 0.60 (n=20/10, AUC 0.80/0.62, judge M)', or 'not scored'."""
         if self.detection is None:
             return "not scored"
+        aucs = f", AUC {self.detection_auc:.2f}/{self.fuzzing_auc:.2f}" if self.detection_auc is not None else ""
         return (f"detection {self.detection:.2f} · fuzzing {self.fuzzing:.2f} "
-                f"(n={self.n_detection}/{self.n_fuzzing}, judge {self.judge})")
+                f"(n={self.n_detection}/{self.n_fuzzing}{aucs}, judge {self.judge})")
 
 
 def read_explanations(index_path: str | Path) -> dict[tuple[int, str], Explanation]:
