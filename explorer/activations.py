@@ -1,7 +1,8 @@
 """Per-token SAE feature activations for one prompt.
 
 The forward pass stops at the hook layer (later layers cannot change the
-activation there), the SAE encodes it, and only the strongest features per
+activation there; it runs in the model's scheduler, batched with other
+prompts), the SAE encodes it, and only the strongest features per
 token are kept: top-k plus every activation above a threshold.
 """
 
@@ -11,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from explorer.hooks import run_to_hook
 from explorer.model import LoadedModel, format_prompt
 from explorer.sae import SAE
+from explorer.scheduler import scheduler_for
 from explorer.tl_processing import sae_space
 from explorer.tokens import token_strings
 
@@ -103,9 +104,10 @@ def token_activations(
     if top_k < 1:
         raise PromptError(f"top_k={top_k}: at least one feature per token must be kept. Fix: use a top_k of 1 or more")
     ids, truncated_from = encode_prompt(lm, text, chat, max_tokens)
-    with lm.lock:
-        # in the SAE's own space (TransformerLens processing, see tl_processing.py)
-        x = sae_space(lm.model, sae.cfg).to_sae(run_to_hook(lm.model, sae.cfg.hook_name, ids)[0])
+    # through the model's scheduler, batched with other prompts waiting for a forward pass
+    raw = scheduler_for(lm, sae).submit_prefill(ids[0].tolist()).result()  # (seq, d_in)
+    # in the SAE's own space (TransformerLens processing, see tl_processing.py)
+    x = sae_space(lm.model, sae.cfg).to_sae(raw)
     x = x.to(sae.dtype)
     f = sae.encode(x)
     x_hat = sae.decode(f, like=x)

@@ -25,6 +25,7 @@ from explorer.commands import (
     cmd_explain,
     cmd_export,
     cmd_index,
+    cmd_serve,
     cmd_steer,
     cmd_train,
     cmd_windows,
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--preset", help="also steer with a saved steering preset (see `explorer serve`)")
     add_workspace_args(p)
     p.set_defaults(func=cmd_steer)
 
@@ -214,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--np-dataset", help="dataset name recorded in the files (default: the SAE's dataset_path)")
     add_workspace_args(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="serve an OpenAI-compatible API (/v1/completions, /v1/chat/completions); "
+                                     "each saved steering preset is a model of its own")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: localhost only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--presets", help="presets file (default: the SAE's own, under the cache folder)")
+    add_workspace_args(p)
+    p.set_defaults(func=cmd_serve)
 
     add_explain_parser(sub)
 

@@ -115,12 +115,16 @@ def cmd_steer(args) -> None:
     )
 
     interventions = [parse_intervention(s, m) for m in ("clamp", "scale", "add", "ablate") for s in getattr(args, m) or []]
-    if not interventions:
-        raise CliError("Nothing to steer. Fix: add e.g. --clamp 12=3x or --ablate 12")
+    if not interventions and not args.preset:
+        raise CliError("Nothing to steer. Fix: add e.g. --clamp 12=3x or --ablate 12, or --preset NAME")
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_p=args.top_p, seed=args.seed, chat=args.chat)
     stop = parse_stop(args.stop_when) if args.stop_when else None
     ws = workspace(args)
+    if args.preset:
+        preset = named_preset(ws, args.preset)
+        interventions = list(preset.interventions) + interventions
+        stop = stop or preset.stop
     result = generate_pair(ws.lm, ws.sae, args.prompt, interventions, settings, ws.max_acts(), stop=stop)
     if result.truncated_from:
         print(cut_note(result.truncated_from, prompt_limit(ws.lm, settings)))
@@ -283,6 +287,33 @@ def cmd_export(args) -> None:
     for name, data in files:
         write_atomic(out / name, data)
         print(out / name)
+
+
+def workspace_presets(ws, path: str | None = None) -> tuple[Path, dict]:
+    """The presets file of the workspace's SAE (or `path`) and its presets by name."""
+    from explorer.presets import load_presets, presets_path
+
+    file = Path(path) if path else presets_path(env_settings().cache, ws.sae_id)
+    return file, load_presets(file, ws.sae_id, ws.sae.cfg.d_sae)
+
+
+def named_preset(ws, name: str):
+    file, presets = workspace_presets(ws)
+    if name not in presets:
+        raise CliError(f"There is no preset {name!r} in {file}. "
+                       f"Fix: use one of {', '.join(sorted(presets)) or 'none (save one on the steering page)'}")
+    return presets[name]
+
+
+def cmd_serve(args) -> None:
+    from explorer.serve import make_app, serve, served_models
+
+    ws = workspace(args)
+    file, presets = workspace_presets(ws, args.presets)
+    app = make_app(ws.lm, ws.sae, presets, ws.max_acts())
+    print(f"Presets from {file}; models: {', '.join(served_models(ws.lm, presets))}", file=sys.stderr)
+    print(f"OpenAI-compatible API at http://{args.host}:{args.port}/v1", file=sys.stderr)
+    serve(app, args.host, args.port)
 
 
 def cmd_app(args) -> None:

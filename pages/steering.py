@@ -17,7 +17,7 @@ from explorer.steering import (
     generate_rows,
     parse_stop,
 )
-from ui import completions, links
+from ui import completions, links, presets
 from ui.errors import shown_as_message
 from ui.features import feature_md, feature_name, label, max_act, md
 from ui.router import run_page
@@ -43,6 +43,7 @@ def steering_page() -> None:
     ivs = editor(ws)
     stop = stop_input(ws)
     prompt, settings = settings_form()
+    presets.bar(ws, ivs, stop, settings, on_load=functools.partial(load_preset, ws))
     links.write_link(PAGE, to_query(LinkState(prompt=prompt, steer=tuple(ivs), max_new_tokens=settings.max_new_tokens,
                                                temperature=settings.temperature, top_p=settings.top_p,
                                                seed=settings.seed, chat=settings.chat, stop=stop)))
@@ -64,6 +65,16 @@ def load_link(ws, state: LinkState) -> None:
     st.session_state.update(steer_prompt=state.prompt or DEFAULT_PROMPT, steer_new=state.max_new_tokens,
                             steer_temp=state.temperature, steer_top_p=state.top_p, steer_seed=state.seed,
                             steer_chat=state.chat, steer_stop=state.stop.spec() if state.stop else "")
+
+
+def load_preset(ws, preset) -> None:
+    """A preset replaces the features to steer and the stop; its settings, when it has any, the settings."""
+    s = st.session_state
+    current = {"max_new_tokens": s.get("steer_new"), "temperature": s.get("steer_temp"), "top_p": s.get("steer_top_p"),
+               "seed": s.get("steer_seed")}
+    values = {k: v for k, v in {**current, **preset.settings}.items() if v is not None}
+    load_link(ws, LinkState(prompt=s.get("steer_prompt"), steer=preset.interventions, stop=preset.stop,
+                            chat=bool(s.get("steer_chat")), **values))
 
 
 def editor(ws) -> list[Intervention]:

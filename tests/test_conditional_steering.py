@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from explorer import export, steering
+from explorer import export, scheduler, steering
 from explorer.activations import encode_prompt
 from explorer.cli import build_parser
 from explorer.commands import CliError, parse_intervention
@@ -55,7 +55,7 @@ def recorded(monkeypatch):
             super().__init__(*args)
             edits.append(self)
 
-    monkeypatch.setattr(steering, "RowEdit", Recording)
+    monkeypatch.setattr(scheduler, "RowEdit", Recording)  # the scheduler makes each request's RowEdit
     return edits
 
 
