@@ -295,3 +295,47 @@ def test_cli_checks_arguments_before_loading(capsys):
             main(argv)
         err = capsys.readouterr().err
         assert exit.value.code == 2 and words in err and err.count("\n") == 1, err
+
+
+def test_http_path_against_a_real_local_server(tiny, tmp_path):
+    """`explorer serve`'s app on uvicorn, serving the tiny model: the endpoint writes the same
+    explanation as the model itself, concurrently, and judges over HTTP too."""
+    from test_serve import running
+
+    from explorer.serve import make_app, model_id
+
+    lm, sae, _ = tiny
+    index = fresh_index(tiny, tmp_path)
+    features = live_features(index, 2)
+    with running(make_app(lm, sae)) as url:
+        chat = EndpointChat(f"{url}/v1", model_id(lm.name), backoff=Backoff(1, 0.1))
+        explain_index(index, features, ["llm"], chat, ChatJudge(chat), negative_pool(lm, sae, index, 16),
+                      concurrency=2, progress=False, n_per_class=2)
+    recs = read_explanations(index.path)
+    local = LocalChat(lm, sae)
+    for f in features:
+        rec = recs[(f, "llm")]
+        shown = split_examples(index.card(f)).shown
+        want = parse_explanation(local.complete(explainer_messages(index.card(f), shown), 40))
+        assert (rec.text, rec.model, rec.judge) == (want, model_id(lm.name), model_id(lm.name))
+        assert rec.n_detection == 4 and rec.n_fuzzing == 2 and 0 <= rec.detection <= 1
+
+
+@pytest.mark.demo
+def test_demo_model_explains_and_judges_two_features(tmp_path):
+    """End to end on the demo model and index: it writes and scores explanations (weak ones:
+    the scores are whatever they are, checked only for being well formed)."""
+    from explorer.workspace import DEMO_INDEX, open_workspace
+
+    shutil.copytree(DEMO_INDEX, tmp_path / "idx")
+    ws = open_workspace("demo", index=str(tmp_path / "idx"))
+    features = [f for f in range(ws.index.d_sae) if ws.index.card(f).quantiles][:2]
+    judge = LocalJudge(ws.lm)
+    explain_index(ws.index, features, ["llm", "heuristic"], LocalChat(ws.lm, ws.sae), judge,
+                  negative_pool(ws.lm, ws.sae, ws.index, n_windows=8), progress=False, n_per_class=3)
+    recs = read_explanations(ws.index.path)
+    assert sorted(recs) == sorted((f, m) for f in features for m in ("llm", "heuristic"))
+    for rec in recs.values():
+        assert rec.text and rec.judge == "demo" and rec.n_detection >= 4 and rec.n_fuzzing >= 2
+        assert 0 <= rec.detection <= 1 and 0 <= rec.fuzzing <= 1 and 0 <= rec.detection_auc <= 1
+        print(rec.feature, rec.method, repr(rec.text), rec.scores())
