@@ -4,12 +4,13 @@ turns a correct program's output into an error higher with explanations than wit
 
 Works on a copy of the index (--out), so data/demo/index is never written; rerunning resumes.
 
-    python bench/bench_explain.py --features 20 --examples 6
+    EXPLORER_THREADS=1 python bench/bench_explain.py --features 4 --examples 4
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explorer.explain import explain_index  # noqa: E402
+from explorer.files import write_json  # noqa: E402
 from explorer.index import FeatureIndex  # noqa: E402
 from explorer.llm_client import LocalChat  # noqa: E402
 from explorer.scoring import LocalJudge, negative_pool  # noqa: E402
@@ -57,8 +59,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--index", default=str(DEMO_INDEX))
     ap.add_argument("--out", default="/tmp/bench-explain-index", help="copy of the index that gets the explanations")
-    ap.add_argument("--features", type=int, default=20, help="random live features to explain besides the 'error' hits")
-    ap.add_argument("--examples", type=int, default=6, help="held-out activating examples per score")
+    ap.add_argument("--features", type=int, default=4, help="random live features to explain besides the 'error' hits")
+    ap.add_argument("--examples", type=int, default=4, help="held-out activating examples per score")
     ap.add_argument("--negative-windows", type=int, default=32)
     ap.add_argument("--clamp", type=float, default=4.0, help="clamp value, x max activation, for the seed experiment")
     ap.add_argument("--query", default="error")
@@ -71,18 +73,25 @@ def main() -> None:
     index: FeatureIndex = ws.index
     lm, sae = ws.lm, ws.sae
 
-    # 1) the seed experiment: which label hit turns the program's output into an error when clamped
+    # 1) the seed experiment: which label hit turns the program's output into an error when
+    # clamped (kept in the copy's seed.json, so that a resumed run does not redo it)
     hits = index.search(args.query, by="label", limit=50, explanations=False)
-    settings = GenerationSettings(max_new_tokens=24)
-    max_acts = ws.max_acts()
-    erroring = []
+    seed_file = out / "seed.json"
+    if seed_file.exists():
+        seed = json.loads(seed_file.read_text())
+    else:
+        settings = GenerationSettings(max_new_tokens=24)
+        max_acts = ws.max_acts()
+        seed = {"clean": "", "steered": {}}
+        for f in hits:
+            iv = Intervention(f, "clamp", args.clamp, relative=True)
+            res = generate_pair(lm, sae, PROGRAM, [iv], settings, max_acts)
+            seed["clean"], seed["steered"][str(f)] = res.clean.text, res.steered.text
+        write_json(seed_file, seed)
+    erroring = [f for f in hits if looks_like_error(seed["steered"][str(f)]) and not looks_like_error(seed["clean"])]
     for f in hits:
-        res = generate_pair(lm, sae, PROGRAM, [Intervention(f, "clamp", args.clamp, relative=True)], settings, max_acts)
-        flag = looks_like_error(res.steered.text) and not looks_like_error(res.clean.text)
-        print(f"#{f} clamp {args.clamp:g}x -> {res.steered.text[:60]!r}{'  <- error' if flag else ''}")
-        if flag:
-            erroring.append(f)
-    print(f"clean completion: {res.clean.text[:60]!r}; label hits for {args.query!r}: {hits}; erroring: {erroring}")
+        print(f"#{f} clamp {args.clamp:g}x -> {seed['steered'][str(f)][:60]!r}{'  <- error' if f in erroring else ''}")
+    print(f"clean completion: {seed['clean'][:60]!r}; label hits for {args.query!r}: {hits}; erroring: {erroring}")
 
     # 2) explain the hits and a seeded sample of live features, with the demo model as explainer and judge
     live = [f for f in range(index.d_sae) if index.densities()[f] > 0 and f not in hits]

@@ -35,8 +35,7 @@ MAX_TOKENS = 40  # the explanation's length cap, in tokens
 MAX_CHARS = 200
 HEURISTIC_MODEL = "explorer.labels.auto_label"
 
-INTRO = "A feature of a language model fires on the tokens marked <<like this>> in these text excerpts:"
-# No sample answer: small explainers copy it word for word.
+INTRO = "It fires on the tokens marked <<like this>> in these text excerpts:"
 ASK = "What do the marked tokens have in common? Answer with one short phrase."
 
 
@@ -62,13 +61,14 @@ def split_examples(card: FeatureCard, n_top: int = N_TOP, n_held_out: int = N_PE
 
 
 def explainer_messages(card: FeatureCard, shown: Sequence[Span]) -> list[Message]:
-    """One user message: the marked excerpts, the promoted tokens, the question. Newlines
+    """One user message: the promoted tokens, the marked excerpts, the question. Newlines
     inside excerpts become spaces, so that each excerpt stays on its own line."""
     lines = [f"{i + 1}. " + " ".join(s.marked().split()) for i, s in enumerate(shown)]
     # top_logits holds display strings, where ␣ stands for a space
     promoted = ", ".join(repr(t.replace("\u2423", " ")) for t, _ in card.top_logits[:N_LOGITS])
-    user = "\n".join([INTRO, "", *lines, ""] + ([f"The feature makes these tokens more likely next: {promoted}.", ""]
-                                                 if promoted else []) + [ASK])
+    # The promoted tokens come first: the demo model, asked after them, only repeated the list.
+    head = "A feature of a language model" + (f" makes these tokens more likely: {promoted}." if promoted else ".")
+    user = "\n".join([head, INTRO, "", *lines, "", ASK])
     return [{"role": "user", "content": user}]
 
 

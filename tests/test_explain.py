@@ -336,6 +336,6 @@ def test_demo_model_explains_and_judges_two_features(tmp_path):
     recs = read_explanations(ws.index.path)
     assert sorted(recs) == sorted((f, m) for f in features for m in ("llm", "heuristic"))
     for rec in recs.values():
-        assert rec.text and rec.judge == "demo" and rec.n_detection >= 4 and rec.n_fuzzing >= 2
+        assert rec.text and rec.judge == "demo" and rec.n_detection >= 3 and rec.n_fuzzing >= 2
         assert 0 <= rec.detection <= 1 and 0 <= rec.fuzzing <= 1 and 0 <= rec.detection_auc <= 1
         print(rec.feature, rec.method, repr(rec.text), rec.scores())
