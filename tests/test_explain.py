@@ -339,3 +339,21 @@ def test_demo_model_explains_and_judges_two_features(tmp_path):
         assert rec.text and rec.judge == "demo" and rec.n_detection >= 3 and rec.n_fuzzing >= 2
         assert 0 <= rec.detection <= 1 and 0 <= rec.fuzzing <= 1 and 0 <= rec.detection_auc <= 1
         print(rec.feature, rec.method, repr(rec.text), rec.scores())
+
+
+@pytest.mark.demo
+def test_feature_page_sorts_and_filters_features():
+    from test_app import app, no_exception
+
+    at = app("pages/feature.py", feature="3")
+    assert not at.get("arrow_data_frame")  # built only while open
+    at.session_state["table_open"] = True
+    at.run()
+    no_exception(at)
+    every = at.dataframe[0].value
+    assert len(at.dataframe) == 1 and len(every) == 4608
+    middle = float(every["max activation"].median())
+    at.slider(key="table_min_act").set_value(middle).run()
+    no_exception(at)
+    shown = at.dataframe[0].value
+    assert len(shown) == (every["max activation"] >= middle).sum() and 0 < len(shown) < 4608
