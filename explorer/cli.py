@@ -22,6 +22,7 @@ from explorer.commands import (
     cmd_attribute,
     cmd_demo_model,
     cmd_eval,
+    cmd_explain,
     cmd_export,
     cmd_index,
     cmd_serve,
@@ -38,7 +39,7 @@ TRAIN_ALIASES = {"out_dir": "--out", "hook_name": "--hook", "expansion_factor": 
 # The command caches the activations itself, so it needs a hook where TrainConfig can take the cache's.
 TRAIN_CLI_DEFAULTS = {"hook_name": DEMO_HOOK}
 # Commands that keep their progress when stopped, and pick it up when run again.
-RESUMABLE = {"index", "train"}
+RESUMABLE = {"index", "train", "explain"}
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
 
 
@@ -224,10 +225,51 @@ def build_parser() -> argparse.ArgumentParser:
     add_workspace_args(p)
     p.set_defaults(func=cmd_serve)
 
+    add_explain_parser(sub)
+
     p = sub.add_parser("app", help="start the Streamlit app")
     p.add_argument("--port", type=int, default=8501)
     p.set_defaults(func=cmd_app)
     return parser
+
+
+def feature_list(text: str) -> list[int]:
+    """argparse type: '1,2,5' -> [1, 2, 5]."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of feature ids, e.g. 1,2,5") from None
+
+
+def add_explain_parser(sub) -> None:
+    p = sub.add_parser("explain", help="explain features in one sentence with an LLM, and score the "
+                                       "explanations and the automatic labels (detection, fuzzing)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--features", type=feature_list, help="feature ids, e.g. 1,2,5")
+    which.add_argument("--top", type=count, help="the N densest features")
+    which.add_argument("--all", action="store_true", help="every feature of the index")
+    p.add_argument("--explainer-url", help="base URL of an OpenAI-compatible chat endpoint, e.g. "
+                                           "http://localhost:8080/v1 (default: the loaded model, if it is an instruct model)")
+    p.add_argument("--explainer-model", help="model name to ask the endpoint for")
+    p.add_argument("--explainer-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the endpoint's API key (default: OPENAI_API_KEY)")
+    p.add_argument("--judge-url", help="endpoint for scoring (default: the explainer's; with the loaded model, "
+                                       "its Yes/No logits)")
+    p.add_argument("--judge-model", help="model name for --judge-url (default: --explainer-model)")
+    p.add_argument("--local-judge", action="store_true", help="score with the loaded model's Yes/No logits "
+                                                              "even when explaining through an endpoint")
+    p.add_argument("--score", action=argparse.BooleanOptionalAction, default=True,
+                   help="score every explanation and automatic label (default: yes)")
+    p.add_argument("--heuristic-only", action="store_true", help="only score the automatic labels")
+    p.add_argument("--concurrency", type=count, default=4, help="requests at once to an endpoint (the loaded "
+                                                                "model does one feature at a time)")
+    p.add_argument("--negative-windows", type=count, default=64,
+                   help="corpus windows run through the model to find non-activating examples")
+    p.add_argument("--examples", type=count, default=10, help="held-out activating examples per score, and as "
+                                                               "many non-activating ones (default: 10)")
+    p.add_argument("--force", action="store_true", help="redo features that already have explanations")
+    add_workspace_args(p)
+    p.set_defaults(func=cmd_explain)
 
 
 # What to do about an operating-system error, by its type; the first that matches wins.

@@ -297,7 +297,8 @@ def cmd_export(args) -> None:
     meta = dict(model=ws.lm.name, hook=ws.hook_name, sae_id=ws.sae_id)
     card_formats = [f for f in args.format if f in export.FORMATS]
     cards = (ws.index.card(f) for f in (features if card_formats else []))
-    card_files = ((export.card_filename(c.feature, fmt), export.card_bytes(c, fmt, **meta))
+    card_files = ((export.card_filename(c.feature, fmt),
+                   export.card_bytes(c, fmt, **meta, explanations=ws.index.feature_explanations(c.feature)))
                   for c in cards for fmt in card_formats)
     files = itertools.chain(card_files, _neuronpedia_files(args, ws, features))
     out = Path(args.out)
@@ -356,3 +357,45 @@ def cmd_app(args) -> None:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)})
 
+
+
+def cmd_explain(args) -> None:
+    from explorer import explain, llm_client, scoring
+
+    # Everything that can be checked before the model loads is checked first.
+    if not (args.features or args.top or args.all):
+        raise CliError("No features to explain. Fix: give --features 1,2,5, --top N or --all")
+    for url in (args.explainer_url, args.judge_url):
+        if url and not url.startswith(("http://", "https://")):
+            raise CliError(f"{url!r} is not an http(s) URL. Fix: give the endpoint's base URL, e.g. http://localhost:8080/v1")
+    if (args.explainer_url or args.judge_url) and not args.explainer_model and not args.judge_model:
+        raise CliError("An endpoint needs a model name. Fix: add --explainer-model NAME (the name the server lists)")
+    ws = workspace(args)
+    if ws.index is None:
+        raise CliError("Explaining features needs a feature index. Fix: pass --index DIR (build one with `explorer index`)")
+    features = explain.pick_features(ws.index, args.features or (), args.top, args.all)
+    methods = ["heuristic"] if args.heuristic_only else ["llm", "heuristic"]
+    chat = None
+    if not args.heuristic_only:
+        chat = (llm_client.EndpointChat(args.explainer_url, args.explainer_model, args.explainer_key_env)
+                if args.explainer_url else llm_client.LocalChat(ws.lm, ws.sae))
+    judge = negatives = None
+    if args.score:
+        if args.judge_url:
+            judge = scoring.ChatJudge(llm_client.EndpointChat(args.judge_url, args.judge_model or args.explainer_model,
+                                                              args.explainer_key_env))
+        elif args.explainer_url and not args.local_judge:
+            judge = scoring.ChatJudge(chat)
+        else:
+            judge = scoring.LocalJudge(ws.lm)
+        print(f"scoring with judge {judge.name!r} on {args.negative_windows} windows for non-activating examples",
+              file=sys.stderr)
+        negatives = scoring.negative_pool(ws.lm, ws.sae, ws.index, args.negative_windows)
+    local = chat is None or isinstance(chat, llm_client.LocalChat)
+    records = explain.explain_index(ws.index, features, methods, chat, judge, negatives,
+                                    concurrency=1 if local else args.concurrency, force=args.force,
+                                    n_per_class=args.examples)
+    for rec in records:
+        print(printable(f"#{rec.feature} {rec.method}: {rec.text} [{rec.scores()}]"))
+    print(f"{len(records)} records written to {ws.index.path / 'explanations.jsonl'} "
+          f"({len(features) - len({r.feature for r in records})} features were already done)", file=sys.stderr)

@@ -23,7 +23,7 @@ import io
 import json
 import math
 import zipfile
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from explorer import render
 
@@ -445,15 +445,18 @@ def card_to_png(card: FeatureCard, *, model: str, hook: str, sae_id: str) -> byt
 # ---------------------------------------------------------------- files
 
 
-def card_bytes(card: FeatureCard, fmt: str, *, model: str, hook: str, sae_id: str) -> bytes:
-    """The card in one of FORMATS, as the bytes of a file."""
+def card_bytes(card: FeatureCard, fmt: str, *, model: str, hook: str, sae_id: str, explanations: Sequence = ()) -> bytes:
+    """The card in one of FORMATS, as a file's bytes; JSON, Markdown and HTML add `explanations` (its records)."""
     meta = dict(model=model, hook=hook, sae_id=sae_id)
     if fmt == "json":
-        return dumps(card_to_json(card, **meta)).encode()
+        extra = {"explanations": [dataclasses.asdict(r) for r in explanations]} if explanations else {}
+        return dumps(card_to_json(card, **meta) | extra).encode()
     if fmt == "md":
-        return card_to_markdown(card, **meta).encode()
+        lines = [f"- {r.method}: {md_escape(r.text)} ({md_escape(r.scores())}, {md_escape(r.model)}, {r.date[:10]})"
+                 for r in explanations]
+        return (card_to_markdown(card, **meta) + "\n".join(["## Explanations", "", *lines, ""] if lines else [])).encode()
     if fmt == "html":
-        return card_to_html(card, **meta).encode()
+        return render.card_page(card, f"model {model} · hook {hook} · SAE {sae_id}", explanations).encode()
     if fmt == "png":
         return card_to_png(card, **meta)
     raise ValueError(f"Unknown export format {fmt!r}. Fix: use one of {', '.join(FORMATS)}")

@@ -287,9 +287,23 @@ def _external_link(url: str) -> str:
             "Open on Neuronpedia</a></div>")
 
 
-def _card_top(card: FeatureCard, neuronpedia_url: str = "") -> str:
+def explanations_html(explanations: Sequence) -> str:
+    """The LLM explanation and the automatic label with their scores (explorer.index.explanations
+    records), one line each; "" when there are none."""
+    rows = []
+    for rec in explanations:
+        what = "Explanation" if rec.method == "llm" else "Auto label, scored"
+        by = f"by {rec.model}, " if rec.method == "llm" else ""
+        rows.append(f'<div style="margin:0.2em 0"><b>{escape(what)}:</b> {escape(rec.text)} '
+                    f'<span style="{_MUTED};font-size:0.85em">({escape(by + rec.scores())}, {escape(rec.date[:10])})'
+                    "</span></div>")
+    return f'<div class="card-explanations">{"".join(rows)}</div>' if rows else ""
+
+
+def _card_top(card: FeatureCard, neuronpedia_url: str = "", explanations: Sequence = ()) -> str:
     auto = (f'<div style="{_MUTED};font-size:0.9em">Auto label: {escape(card.auto_label)}</div>'
             if card.auto_label and card.auto_label != card.label else "")
+    auto += explanations_html(explanations)
     auto += _external_link(neuronpedia_url)
     numbers = (("Density", f"{card.density:.4%}"), ("Max activation", f"{card.max_activation:.4g}"),
                ("Mean activation", f"{card.mean_activation:.4g}"), ("Tokens scanned", f"{card.n_tokens:,}"))
@@ -330,6 +344,7 @@ def card_html(
     quantiles: bool = True,
     links: bool = True,
     neuronpedia_url: str = "",
+    explanations: Sequence = (),
 ) -> CardHtml:
     """Plain HTML for everything on a card that is not a widget.
 
@@ -338,24 +353,25 @@ def card_html(
     (None: whole windows). `quantiles` False leaves that part empty, to save
     the browser its markup while nobody looks. `links` makes related features
     deep links to their cards. `neuronpedia_url`, the feature's Neuronpedia page
-    (explorer.neuronpedia.feature_url), adds a link to it under the title."""
+    (explorer.neuronpedia.feature_url), adds a link to it under the title. `explanations`
+    (the index's records for this feature) adds them, with their scores, under the title."""
     vmax = colour_scale(card)
     samples = quantiles_html(card.quantiles, vmax, context) if quantiles else ""
     examples = "".join(example_html(ex, vmax, context) for ex in card.top_examples)
     return CardHtml(
-        top=_card_top(card, neuronpedia_url),
+        top=_card_top(card, neuronpedia_url, explanations),
         examples=f'<div class="card-examples">{examples}</div>',
         quantiles=f'<div class="card-quantiles">{samples}</div>',
         related=_related(card, label or (lambda f: ""), links),
     )
 
 
-def card_page(card: FeatureCard, source: str) -> str:
+def card_page(card: FeatureCard, source: str, explanations: Sequence = ()) -> str:
     """The card as a standalone page that opens offline: the app's card with
     whole windows, every activation range and related features as plain text,
     under a line saying where it comes from (`source`). Inline styles only; no
     scripts, fonts, images or links."""
-    parts = card_html(card, context=None, links=False)
+    parts = card_html(card, context=None, links=False, explanations=explanations)
     samples = f"<h3>Samples by activation range</h3>\n{parts.quantiles}\n" if card.quantiles else ""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -14,6 +14,7 @@ from explorer import neuronpedia, render
 from explorer.export import FORMATS, card_filename, files_to_zip
 from ui import cache, links
 from ui.errors import shown_as_message
+from ui.feature_table import feature_table
 from ui.features import feature_md, feature_name, label
 from ui.router import PAGES, run_page
 from ui.workspace import NO_INDEX
@@ -39,6 +40,11 @@ def picker(ws, card) -> None:
     if search.open:
         with search:
             search_hits(ws)
+    table = st.expander("Sort and filter features by score, density, max activation", key="table_open",
+                        on_change="rerun")
+    if table.open:
+        with table:
+            feature_table(ws)
     links.write_link(PAGE, {"feature": str(card.feature)})
     viewed = st.session_state.setdefault("viewed", [])
     if card.feature not in viewed:
@@ -69,9 +75,10 @@ def label_editor(ws, card) -> None:
 
 
 def search_hits(ws) -> None:
-    by = st.radio("Search in", ["label", "top_token", "logit_token"], horizontal=True, key="search_by", persist_state="session",
-                  format_func={"label": "labels", "top_token": "top-activating tokens",
-                               "logit_token": "promoted tokens (logits)"}.get)
+    by = st.radio("Search in", ["label", "top_token", "logit_token", "explanation"], horizontal=True, key="search_by",
+                  persist_state="session",
+                  format_func={"label": "labels and explanations", "top_token": "top-activating tokens",
+                               "logit_token": "promoted tokens (logits)", "explanation": "explanations only"}.get)
     query = st.text_input("Search", key="search_query", persist_state="session", placeholder="e.g. French, ␣the, code")
     if query.strip():
         with shown_as_message("search the features") as outcome:
@@ -92,7 +99,8 @@ def card_html(ws, card) -> render.CardHtml:
     whole = st.session_state.get("card_whole", False)
     return render.card_html(card, label=functools.partial(label, ws), context=None if whole else render.CONTEXT,
                             quantiles=bool(st.session_state.get("quantiles_open")),
-                            neuronpedia_url=neuronpedia.feature_url(ws.sae.cfg.neuronpedia_id, card.feature))
+                            neuronpedia_url=neuronpedia.feature_url(ws.sae.cfg.neuronpedia_id, card.feature),
+                            explanations=ws.index.feature_explanations(card.feature))
 
 
 def show_card(ws, card, html: render.CardHtml) -> None:

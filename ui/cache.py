@@ -38,7 +38,8 @@ def card(ws: Workspace, feature: int):
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _card_bytes(key: tuple, feature: int, fmt: str, _ws: Workspace) -> bytes:
-    return export.card_bytes(card(_ws, feature), fmt, model=_ws.lm.name, hook=_ws.hook_name, sae_id=_ws.sae_id)
+    return export.card_bytes(card(_ws, feature), fmt, model=_ws.lm.name, hook=_ws.hook_name, sae_id=_ws.sae_id,
+                             explanations=_ws.index.feature_explanations(feature))
 
 
 def card_bytes(ws: Workspace, feature: int, fmt: str) -> bytes:

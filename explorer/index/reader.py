@@ -33,10 +33,11 @@ from explorer.index.format import (
 )
 from explorer.index.integrity import check_feature_rows, open_checked
 from explorer.index.text_column import LabelLines, TextColumn, rank
+from explorer.index.explanations import Explanation, read_explanations, search_explanations
 from explorer.index.user_labels import UserLabels
 from explorer.tokens import token_strings
 
-SEARCH_BY = ("label", "top_token", "logit_token")
+SEARCH_BY = ("label", "top_token", "logit_token", "explanation")
 
 
 @dataclass(frozen=True)
@@ -196,9 +197,10 @@ class FeatureIndex:
 
     # -- search
 
-    def search(self, query: str, by: str = "label", limit: int = 20) -> list[int]:
-        """Features whose label / top-example peak tokens / promoted logit tokens contain
-        `query` (case-insensitive substring), best first.
+    def search(self, query: str, by: str = "label", limit: int = 20, explanations: bool = True) -> list[int]:
+        """Features whose label / top-example peak tokens / promoted logit tokens / LLM
+        explanation contain `query` (case-insensitive substring), best first. By label,
+        features whose explanation matches come first (unless `explanations` is False).
 
         label: exact match, then prefix, then earliest match; top_token: most top examples
         peaking on a matching token, then max activation; logit_token: best rank of a
@@ -208,6 +210,12 @@ class FeatureIndex:
         q = (query or "").strip().casefold()
         if not q or limit <= 0:
             return []
+        if by == "explanation" or (by == "label" and explanations and self.explanations()):
+            # LLM explanations first (explorer.index.explanations), then the labels' own ranking.
+            found = search_explanations(self.explanations(), q, limit)
+            if by == "label":
+                found += [f for f in self.search(query, "label", limit, explanations=False) if f not in found]
+            return found[:limit]
         if by == "label":
             return self._search_labels(q, limit)
         name = "peak_token_ids" if by == "top_token" else "logit_top_ids"
@@ -255,6 +263,30 @@ class FeatureIndex:
                 present = np.flatnonzero(np.bincount(ids[ids >= 0]))  # ids are token ids: bincount beats unique
                 self._search[name] = present, [t.strip().casefold() for t in self._text.texts(present)]
             return self._search[name]
+    # -- explanations (explorer.explain writes them; read on first use)
+
+    def explanations(self) -> dict[tuple[int, str], Explanation]:
+        """(feature, method) -> Explanation; {} when none were made."""
+        if getattr(self, "_explanations", None) is None:
+            self._explanations = read_explanations(self.path)
+        return self._explanations
+
+    def reload_explanations(self) -> None:
+        """Read the file again on next use (after `explorer explain` wrote to it)."""
+        self._explanations = None
+
+    def feature_explanations(self, feature: int) -> list[Explanation]:
+        """This feature's records, LLM first."""
+        f = self._check_feature(feature)
+        recs = self.explanations()
+        return [recs[(f, m)] for m in ("llm", "heuristic") if (f, m) in recs]
+
+    def window_tokens(self) -> np.ndarray:
+        """(window, token) ids of every window the index keeps."""
+        return self._array(self._windows, "tokens")
+
+    def token_texts(self, ids) -> list[str]:
+        return self._text.texts(ids)
 
     # -- cards
 
