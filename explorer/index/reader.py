@@ -31,9 +31,9 @@ from explorer.index.format import (
     IndexManifest,
     IndexMismatchError,
 )
+from explorer.index.explanations import Explanation, read_explanations, search_explanations
 from explorer.index.integrity import check_feature_rows, open_checked
 from explorer.index.text_column import LabelLines, TextColumn, rank
-from explorer.index.explanations import Explanation, read_explanations, search_explanations
 from explorer.index.user_labels import UserLabels
 from explorer.tokens import token_strings
 
