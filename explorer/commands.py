@@ -184,18 +184,44 @@ def _split(args):
 
 
 def cmd_train(args) -> None:
-    from explorer.activation_cache import cache_activations
+    from explorer.activation_cache import cache_hooks
     from explorer.model import load_model
     from explorer.train import train_sae
+    from explorer.train_distributed import SINGLE, device_for, finish, start
 
     cfg = train_config(args)  # checked before the slow part, not after caching
-    lm = load_model(args.model, device=cfg.device or None)
+    hooks = getattr(args, "hooks", None)
+    distribute = getattr(args, "distribute_hooks", False)
+    if distribute and not hooks:
+        raise CliError("--distribute-hooks shares out the hooks of --hooks. Fix: name several hooks with --hooks")
+    ranks = start()  # under torchrun, joins the other processes
+    cfg = dataclasses.replace(cfg, device=device_for(ranks, cfg.device))
+    if not ranks.main:
+        ranks.barrier()  # rank 0 loads first: it converts the demo model if that is not done yet
+    lm = load_model(args.model, device=cfg.device or None, progress=ranks.main)
+    if ranks.main:
+        ranks.barrier()
     train, _ = _split(args)
     if args.max_windows:
         train = train[: args.max_windows]
-    cache = cache_activations(lm, cfg.hook_name, train, args.acts, batch_size=args.batch_windows)
-    train_sae(cfg, cache)
-    print(f"SAE saved in {cfg.out_dir}")
+    # One hook keeps the folders as given; several get a subfolder each, named after the hook.
+    runs = {hook: dataclasses.replace(cfg, hook_name=hook, out_dir=str(Path(cfg.out_dir) / hook)) for hook in hooks} \
+        if hooks else {cfg.hook_name: cfg}
+    acts = {hook: Path(args.acts) / hook if hooks else args.acts for hook in runs}
+    caches = cache_hooks(lm, acts, train, batch_size=args.batch_windows, shard_tokens=args.shard_tokens,
+                         ranks=ranks)
+    del lm  # training needs only the caches
+    if distribute:
+        mine = list(runs)[ranks.rank::ranks.world]
+        for hook in mine:
+            train_sae(runs[hook], caches[hook], progress=True, ranks=SINGLE)
+        print(f"Rank {ranks.rank}: " + (", ".join(f"SAE saved in {runs[h].out_dir}" for h in mine) or "no hook"))
+    else:
+        for hook, run in runs.items():
+            train_sae(run, caches[hook], progress=ranks.main, ranks=ranks)
+            if ranks.main:
+                print(f"SAE saved in {run.out_dir}")
+    finish()
 
 
 def cmd_eval(args) -> None:

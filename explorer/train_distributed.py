@@ -6,7 +6,7 @@ torchrun starts one process per device and tells each its RANK, WORLD_SIZE and L
 and `Ranks` is a single process, for which every collective is a no-op, so the callers
 have one code path.
 
-Public names: Ranks, SINGLE, start, device_for.
+Public names: Ranks, SINGLE, start, finish, device_for.
 """
 
 from __future__ import annotations
@@ -73,6 +73,12 @@ def start() -> Ranks:
             torch.cuda.set_device(ranks.local_rank)
         dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
     return ranks
+
+
+def finish() -> None:
+    """Leave the process group, if this process joined one (torch warns at exit otherwise)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def device_for(ranks: Ranks, requested: str) -> str:
