@@ -222,7 +222,7 @@ def _adopt(out: Path, manifest: dict, n_shards: int) -> dict:
     """The manifest plus the shard files it does not list yet but that are whole: those
     another rank wrote, or one written just before an interruption. (Each file appears whole,
     renamed into place, and only after the manifest that says what it holds.)"""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     per_shard, per_window = manifest["windows_per_shard"], manifest["context_size"] - manifest["skip_first"]
     for index in range(n_shards):
@@ -234,7 +234,7 @@ def _adopt(out: Path, manifest: dict, n_shards: int) -> dict:
         try:
             with safe_open(str(path), "pt") as f:
                 shape = tuple(f.get_slice(SHARD_KEY).get_shape())
-        except Exception:  # unreadable: computed again
+        except (OSError, SafetensorError):  # unreadable: computed again
             continue
         if shape == (n_tokens, manifest["d_in"]):
             _record(manifest, {"file": path.name, "n_tokens": n_tokens, "first_window": lo}, n_shards)

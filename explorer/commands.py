@@ -184,7 +184,7 @@ def _split(args):
 
 
 def cmd_train(args) -> None:
-    from explorer.activation_cache import cache_hooks
+    from explorer.activation_cache import cache_activations, cache_hooks
     from explorer.model import load_model
     from explorer.train import train_sae
     from explorer.train_distributed import SINGLE, device_for, finish, start
@@ -207,9 +207,11 @@ def cmd_train(args) -> None:
     # One hook keeps the folders as given; several get a subfolder each, named after the hook.
     runs = {hook: dataclasses.replace(cfg, hook_name=hook, out_dir=str(Path(cfg.out_dir) / hook)) for hook in hooks} \
         if hooks else {cfg.hook_name: cfg}
-    acts = {hook: Path(args.acts) / hook if hooks else args.acts for hook in runs}
-    caches = cache_hooks(lm, acts, train, batch_size=args.batch_windows, shard_tokens=args.shard_tokens,
-                         ranks=ranks)
+    caching = dict(batch_size=args.batch_windows, shard_tokens=args.shard_tokens, ranks=ranks)
+    if hooks:
+        caches = cache_hooks(lm, {hook: Path(args.acts) / hook for hook in hooks}, train, **caching)
+    else:
+        caches = {cfg.hook_name: cache_activations(lm, cfg.hook_name, train, args.acts, **caching)}
     del lm  # training needs only the caches
     if distribute:
         mine = list(runs)[ranks.rank::ranks.world]
