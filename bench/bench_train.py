@@ -9,7 +9,8 @@
 2. Data parallel: `torchrun --nproc_per_node=N` training of one SAE on the cache of the last
    hook for --steps steps, N = 1 (with --threads threads) and N = 2 (with --threads / 2 each),
    so both use the same cores. Wall time includes starting the processes; step time is
-   the training loop's own (train.py logs it). Each runs in a fresh output folder.
+   the training loop's own (train.py logs it). Each runs in a fresh output folder, and the
+   two SAEs' largest weight difference is printed (float32 rounding only).
 
 On a 2-core machine data parallelism can only share out the same two cores, so expect
 little speedup here; it is meant for one process per GPU.
@@ -77,6 +78,14 @@ def launch(args, work: Path, nproc: int) -> tuple[float, float]:
     return wall, 1 / float(rate)
 
 
+def max_abs_diff(a: Path, b: Path) -> float:
+    """The largest difference between two saved SAEs' weights."""
+    from safetensors.torch import load_file
+
+    one, two = (load_file(str(p / "sae_weights.safetensors")) for p in (a, b))
+    return max((one[k] - two[k]).abs().max().item() for k in one)
+
+
 def worker(cache_dir: str, out_dir: str, steps: int, batch_size: int, threads: int) -> None:
     """One torchrun process: train together with the others on the cache."""
     from explorer.activation_cache import ActivationCache
@@ -120,10 +129,11 @@ def main() -> None:
         runs = {n: launch(args, work, n) for n in (1, 2)}
         for n, (wall, step) in runs.items():
             print(f"{n} process(es): wall {wall:.1f} s, {step * 1000:.0f} ms/step")
+        diff = max_abs_diff(work / "sae-1", work / "sae-2")
     (wall1, step1), (wall2, step2) = runs[1], runs[2]
     print(f"SUMMARY multi-hook caching {apart / one:.2f}x faster than one pass per hook ({len(args.hooks)} hooks); "
           f"2 vs 1 gloo processes: step time {step1 / step2:.2f}x, wall {wall1 / wall2:.2f}x "
-          f"({args.steps} steps of {args.batch_size} tokens, d_sae {8 * 576})")
+          f"({args.steps} steps of {args.batch_size} tokens, d_sae {8 * 576}); weights differ by at most {diff:.2g}")
 
 
 if __name__ == "__main__":
