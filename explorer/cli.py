@@ -178,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train an SAE (TopK by default) on activations at a hook",
                        description="Cache the activations at a hook, then train an SAE on them. Both steps "
-                                   "resume where they stopped. --seed also picks the held-out windows.")
+                                   "resume where they stopped. --seed also picks the held-out windows. Under "
+                                   "torchrun (torchrun --nproc_per_node=N -m explorer.cli train ...) the processes "
+                                   "share out the caching, then train data parallel: the same SAE as one process.")
     split_args(p, seed=False)
     p.add_argument("--model", default=DEMO_MODEL, help="model whose activations to train on (default: demo)")
     p.add_argument("--acts", required=True, help="activation cache folder (reused and resumed)")
