@@ -88,18 +88,18 @@ def max_abs_diff(a: Path, b: Path) -> float:
 
 def worker(cache_dir: str, out_dir: str, steps: int, batch_size: int, threads: int) -> None:
     """One torchrun process: train together with the others on the cache."""
+    from explorer import distributed
     from explorer.activation_cache import ActivationCache
     from explorer.train import TrainConfig, train_sae
-    from explorer.train_distributed import finish, start
+    from explorer.train_distributed import Ranks
 
     torch.set_num_threads(threads)
-    ranks = start()
-    logging.basicConfig(level=logging.INFO if ranks.main else logging.WARNING, format="%(message)s")
-    cache = ActivationCache(cache_dir)
-    cfg = TrainConfig(out_dir=out_dir, batch_size=batch_size, n_tokens=steps * batch_size, checkpoint_every=10_000,
-                      b_dec_samples=batch_size, lr_warmup_steps=0)
-    train_sae(cfg, cache, progress=False, ranks=ranks)
-    finish()
+    with distributed.session("cpu") as dist:
+        ranks = Ranks.of(dist)
+        logging.basicConfig(level=logging.INFO if ranks.main else logging.WARNING, format="%(message)s")
+        cfg = TrainConfig(out_dir=out_dir, batch_size=batch_size, n_tokens=steps * batch_size,
+                          checkpoint_every=10_000, b_dec_samples=batch_size, lr_warmup_steps=0)
+        train_sae(cfg, ActivationCache(cache_dir), progress=False, ranks=ranks)
 
 
 def main() -> None:
