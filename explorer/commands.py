@@ -213,7 +213,7 @@ def train_hooks(args, cfg: TrainConfig, ranks) -> None:
     train, _ = _split(args)
     if args.max_windows:
         train = train[: args.max_windows]
-    caching = dict(batch_size=args.batch_windows, shard_tokens=args.shard_tokens, ranks=ranks)
+    caching = {"batch_size": args.batch_windows, "shard_tokens": args.shard_tokens, "ranks": ranks}
     if hooks:
         caches = cache_hooks(lm, {hook: Path(args.acts) / hook for hook in hooks}, train, **caching)
     else:
