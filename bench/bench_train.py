@@ -37,7 +37,7 @@ STEP_RATE = re.compile(r"(\d+) steps at ([\d.]+) steps/s")
 
 
 def cache_ratio(args, work: Path) -> tuple[float, float]:
-    """(seconds for one pass over every hook, seconds for one pass per hook), medians over reps."""
+    """(seconds for one pass over every hook, seconds for one pass per hook), summed over the reps."""
     from explorer.activation_cache import cache_activations, cache_hooks
     from explorer.model import load_model
 
@@ -57,7 +57,7 @@ def cache_ratio(args, work: Path) -> tuple[float, float]:
         apart.append(time.perf_counter() - start)
         print(f"rep {rep}: one pass {together[-1]:.1f} s, {len(args.hooks)} passes {apart[-1]:.1f} s", flush=True)
     shutil.copytree(work / "one-0" / args.hooks[-1], work / "cache")
-    return sorted(together)[len(together) // 2], sorted(apart)[len(apart) // 2]
+    return sum(together), sum(apart)
 
 
 def launch(args, work: Path, nproc: int) -> tuple[float, float]:
@@ -124,8 +124,8 @@ def main() -> None:
         work = Path(tmp)
         one, apart = cache_ratio(args, work)
         tokens = args.windows * (args.window_len - 1)
-        print(f"caching {len(args.hooks)} hooks, {tokens} tokens: one pass {one:.1f} s, one pass per hook "
-              f"{apart:.1f} s ({apart / one:.2f}x)")
+        print(f"caching {len(args.hooks)} hooks, {tokens} tokens, {args.reps} reps: one pass {one:.1f} s, "
+              f"one pass per hook {apart:.1f} s ({apart / one:.2f}x)")
         runs = {n: launch(args, work, n) for n in (1, 2)}
         for n, (wall, step) in runs.items():
             print(f"{n} process(es): wall {wall:.1f} s, {step * 1000:.0f} ms/step")
