@@ -7,10 +7,11 @@
    each pass stopping at its hook). Repeated --reps times, alternating, so drift on a shared
    machine hits both sides; the ratio is separate / one pass.
 2. Data parallel: `torchrun --nproc_per_node=N` training of one SAE on the cache of the last
-   hook for --steps steps, N = 1 (with --threads threads) and N = 2 (with --threads / 2 each),
-   so both use the same cores. Wall time includes starting the processes; step time is
-   the training loop's own (train.py logs it). Each runs in a fresh output folder, and the
-   two SAEs' largest weight difference is printed (float32 rounding only).
+   hook for --steps steps: 2 processes of --threads / 2 threads each, against 1 process with
+   --threads threads (the same cores) and 1 process with --threads / 2 (one process's share).
+   Wall time includes starting the processes; step time is the training loop's own (train.py
+   logs it). Each runs in a fresh output folder, and the largest weight difference between
+   the 2-process SAE and each 1-process one is printed (float32 rounding only).
 
 On a 2-core machine data parallelism can only share out the same two cores, so expect
 little speedup here; it is meant for one process per GPU.
@@ -60,14 +61,13 @@ def cache_ratio(args, work: Path) -> tuple[float, float]:
     return sum(together), sum(apart)
 
 
-def launch(args, work: Path, nproc: int) -> tuple[float, float]:
-    """(wall seconds, seconds per step) of `nproc` processes training together."""
-    threads = max(1, args.threads // nproc)
+def launch(args, work: Path, nproc: int, threads: int) -> tuple[float, float]:
+    """(wall seconds, seconds per step) of `nproc` processes of `threads` threads training together."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "EXPLORER_THREADS": str(threads),
            # the workers import this checkout's explorer, as this script does
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           __file__, "--worker", str(work / "cache"), str(work / f"sae-{nproc}"), "--steps", str(args.steps),
+           __file__, "--worker", str(work / "cache"), str(work / f"sae-{nproc}x{threads}"), "--steps", str(args.steps),
            "--batch-size", str(args.batch_size), "--threads", str(threads)]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
@@ -126,13 +126,16 @@ def main() -> None:
         tokens = args.windows * (args.window_len - 1)
         print(f"caching {len(args.hooks)} hooks, {tokens} tokens, {args.reps} reps: one pass {one:.1f} s, "
               f"one pass per hook {apart:.1f} s ({apart / one:.2f}x)")
-        runs = {n: launch(args, work, n) for n in (1, 2)}
-        for n, (wall, step) in runs.items():
-            print(f"{n} process(es): wall {wall:.1f} s, {step * 1000:.0f} ms/step")
-        diff = max_abs_diff(work / "sae-1", work / "sae-2")
-    (wall1, step1), (wall2, step2) = runs[1], runs[2]
+        half = max(1, args.threads // 2)
+        shapes = [(1, args.threads), (1, half), (2, half)]
+        runs = {(n, t): launch(args, work, n, t) for n, t in shapes}
+        for (n, t), (wall, step) in runs.items():
+            print(f"{n} process(es) x {t} thread(s): wall {wall:.1f} s, {step * 1000:.0f} ms/step")
+        diff = max(max_abs_diff(work / f"sae-{n}x{t}", work / f"sae-2x{half}") for n, t in shapes[:2])
+    (wall_all, step_all), (wall_half, step_half), (wall2, step2) = (runs[shape] for shape in shapes)
     print(f"SUMMARY multi-hook caching {apart / one:.2f}x faster than one pass per hook ({len(args.hooks)} hooks); "
-          f"2 vs 1 gloo processes: step time {step1 / step2:.2f}x, wall {wall1 / wall2:.2f}x "
+          f"2 gloo processes vs 1 with {args.threads} threads: step time {step_all / step2:.2f}x, wall "
+          f"{wall_all / wall2:.2f}x; vs 1 with {half}: step time {step_half / step2:.2f}x, wall {wall_half / wall2:.2f}x "
           f"({args.steps} steps of {args.batch_size} tokens, d_sae {8 * 576}); weights differ by at most {diff:.2g}")
 
 
