@@ -4,9 +4,13 @@ Running the model is the slow part of training an SAE, so activations are comput
 and read back every epoch.
 
 - `cache_activations(lm, hook_name, windows, out_dir)` writes float16 safetensors shards
-  of about 64k tokens and a `manifest.json`. Each shard is written under a temporary name
-  and renamed, and the manifest is rewritten the same way after every shard. An
-  interrupted run therefore resumes at the first shard the manifest does not list.
+  of about 64k tokens and a `manifest.json`. The manifest is written first, and rewritten
+  after every shard; each file is written under a temporary name and renamed. An
+  interrupted run therefore resumes at the first shard that is neither listed nor whole
+  on disk.
+- `cache_hooks(lm, {hook: out_dir, ...}, windows)` does the same for several hooks from
+  one forward pass per batch (one folder per hook, each resuming on its own). Under
+  torchrun both split the shards between the ranks.
 - `ActivationCache(out_dir)` reads a finished cache: `n_tokens`, `d_in`, and
   `batches(batch_size, seed, epoch)`, which yields shuffled float32 batches.
 - `CacheError`: every user-facing problem, with the fix in the message.
@@ -27,8 +31,9 @@ from tqdm.auto import tqdm
 
 from explorer.corpus import Windows
 from explorer.files import make_dirs, replacing, write_json
-from explorer.hooks import hook_width, parse_hook, run_to_hook
+from explorer.hooks import HookError, hook_width, hooked, parse_hook
 from explorer.model import LoadedModel
+from explorer.train_distributed import SINGLE, Ranks
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +73,7 @@ def cache_activations(
     skip_first: int = 1,
     shard_tokens: int = SHARD_TOKENS,
     progress: bool = True,
+    ranks: Ranks = SINGLE,
 ) -> ActivationCache:
     """Run the model over `windows` and store the activations at `hook_name` in `out_dir`.
 
@@ -75,8 +81,30 @@ def cache_activations(
     outlier norm that SAELens and sparsify also leave out of training. Shards hold whole
     windows (about `shard_tokens` tokens each), so resuming with another `batch_size` is fine,
     but the windows, hook, model and `skip_first` must be the ones the cache was started with.
+    Under torchrun (`ranks`), each rank computes its own contiguous part of the shards.
     """
-    out = Path(out_dir)
+    return cache_hooks(lm, {hook_name: out_dir}, windows, batch_size, skip_first, shard_tokens, progress,
+                       ranks)[hook_name]
+
+
+def cache_hooks(
+    lm: LoadedModel,
+    folders: dict[str, str | Path],
+    windows: Windows,
+    batch_size: int = 16,
+    skip_first: int = 1,
+    shard_tokens: int = SHARD_TOKENS,
+    progress: bool = True,
+    ranks: Ranks = SINGLE,
+) -> dict[str, ActivationCache]:
+    """cache_activations for several hooks (hook name -> cache folder) from one forward pass
+    per batch of windows; each folder holds what cache_activations would write for its hook.
+
+    Each hook's cache resumes on its own: a batch runs the model only as far as the deepest
+    hook that still lacks that shard. Under torchrun every rank takes a contiguous part of
+    the shards still to do, rank 0 alone writes the manifests, and the folders must be on a
+    disk that every rank sees.
+    """
     context = windows.tokens.shape[1]
     per_window = context - skip_first
     if len(windows) == 0:
@@ -86,29 +114,46 @@ def cache_activations(
                          f"Fix: use 0 <= skip_first < {context} (1 drops only BOS).")
     if batch_size < 1:
         raise CacheError(f"batch_size={batch_size}; use a positive number of windows per forward pass.")
-    manifest = _new_manifest(lm, hook_name, windows, skip_first, max(1, shard_tokens // per_window))
-    manifest = _resume(out, manifest)
-    n_shards = -(-len(windows) // manifest["windows_per_shard"])
-    done = {s["first_window"] for s in manifest["shards"]}
-    todo = [i for i in range(n_shards) if i * manifest["windows_per_shard"] not in done]
+    if not folders:
+        raise CacheError("No hooks to cache. Fix: name at least one hook.")
+    per_shard = max(1, shard_tokens // per_window)
+    n_shards = -(-len(windows) // per_shard)
+    fresh = {hook: _new_manifest(lm, hook, windows, skip_first, per_shard) for hook in folders}
+    outs = {hook: Path(folder) for hook, folder in folders.items()}
+    if ranks.main:  # before the others read them: a fresh cache's manifest is written first
+        for hook, out in outs.items():
+            _start(out, fresh[hook])
+    ranks.barrier()
+    manifests = {hook: _adopt(out, _resume(out, fresh[hook]), n_shards) for hook, out in outs.items()}
+    missing = {i: [hook for hook in folders if not _has(manifests[hook], i)] for i in range(n_shards)}
+    todo = [i for i in range(n_shards) if missing[i]]
+    mine = [todo[j] for j in ranks.part(len(todo))]
+    ranks.barrier()  # every rank has read the folders before any writes to them
 
-    bar = tqdm(total=len(windows) * per_window, initial=sum(s["n_tokens"] for s in manifest["shards"]),
-               unit="tok", unit_scale=True, desc=f"Caching {hook_name}", disable=not progress)
-    for index in todo:
-        lo = index * manifest["windows_per_shard"]
-        hi = min(len(windows), lo + manifest["windows_per_shard"])
-        acts = _shard_activations(lm, hook_name, windows.tokens[lo:hi], batch_size, skip_first, bar)
-        name = f"shard_{index:05d}.safetensors"
-        _write_shard(out / name, acts)
-        manifest["shards"] = sorted(manifest["shards"] + [{"file": name, "n_tokens": len(acts), "first_window": lo}],
-                                    key=lambda s: s["first_window"])
-        manifest["complete"] = len(manifest["shards"]) == n_shards
-        write_json(out / MANIFEST, manifest)
+    def n_tokens(index: int) -> int:
+        return (min(len(windows), (index + 1) * per_shard) - index * per_shard) * per_window
+
+    bar = tqdm(total=sum(n_tokens(i) for i in mine), unit="tok", unit_scale=True,
+               desc=f"Caching {', '.join(folders)}", disable=not (progress and ranks.main))
+    for index in mine:
+        lo = index * per_shard
+        acts = _shard_activations(lm, missing[index], windows.tokens[lo:lo + per_shard], batch_size, skip_first,
+                                  bar)
+        for hook in missing[index]:
+            name = _shard_file(index)
+            _write_shard(outs[hook] / name, acts[hook])
+            if ranks.main:  # the other ranks' shards are found by _adopt
+                _record(manifests[hook], {"file": name, "n_tokens": len(acts[hook]), "first_window": lo}, n_shards)
+                write_json(outs[hook] / MANIFEST, manifests[hook])
     bar.close()
-    if not manifest["complete"]:  # nothing was left to do, but the flag was never set
-        manifest["complete"] = True
-        write_json(out / MANIFEST, manifest)
-    return ActivationCache(out)
+    ranks.barrier()
+    if ranks.main:
+        for hook, out in outs.items():
+            manifest = _adopt(out, manifests[hook], n_shards)
+            manifest["complete"] = len(manifest["shards"]) == n_shards
+            write_json(out / MANIFEST, manifest)
+    ranks.barrier()
+    return {hook: ActivationCache(out) for hook, out in outs.items()}
 
 
 def _new_manifest(lm: LoadedModel, hook_name: str, windows: Windows, skip_first: int,
@@ -123,6 +168,24 @@ def _new_manifest(lm: LoadedModel, hook_name: str, windows: Windows, skip_first:
         "n_windows": len(windows), "windows_per_shard": windows_per_shard,
         "tokens_sha256": hashlib.sha256(tokens.tobytes()).hexdigest(), "shards": [], "complete": False,
     }
+
+
+def _shard_file(index: int) -> str:
+    return f"shard_{index:05d}.safetensors"
+
+
+def _start(out: Path, fresh: dict) -> None:
+    """Write a new cache's manifest before any shard, so that a shard file found later was
+    written for it. Shard files that no manifest vouched for are stale: they go first."""
+    if (out / MANIFEST).is_file():
+        return
+    make_dirs(out)
+    stale = sorted(out.glob("shard_*.safetensors"))
+    if stale:
+        log.warning("Removing %d shard file(s) without a manifest from %s", len(stale), out)
+        for path in stale:
+            path.unlink()
+    write_json(out / MANIFEST, fresh)
 
 
 def _resume(out: Path, fresh: dict) -> dict:
@@ -146,24 +209,76 @@ def _resume(out: Path, fresh: dict) -> dict:
     return {**old, "shards": kept, "complete": old["complete"] and len(kept) == len(old["shards"])}
 
 
-def _shard_activations(lm: LoadedModel, hook_name: str, tokens: np.ndarray, batch_size: int,
-                       skip_first: int, bar: tqdm) -> torch.Tensor:
-    """(n_windows * (context - skip_first), d_in) float16 activations on the CPU."""
-    parts = []
+def _has(manifest: dict, index: int) -> bool:
+    return any(s["first_window"] == index * manifest["windows_per_shard"] for s in manifest["shards"])
+
+
+def _record(manifest: dict, shard: dict, n_shards: int) -> None:
+    manifest["shards"] = sorted(manifest["shards"] + [shard], key=lambda s: s["first_window"])
+    manifest["complete"] = len(manifest["shards"]) == n_shards
+
+
+def _adopt(out: Path, manifest: dict, n_shards: int) -> dict:
+    """The manifest plus the shard files it does not list yet but that are whole: those
+    another rank wrote, or one written just before an interruption. (Each file appears whole,
+    renamed into place, and only after the manifest that says what it holds.)"""
+    from safetensors import SafetensorError, safe_open
+
+    per_shard, per_window = manifest["windows_per_shard"], manifest["context_size"] - manifest["skip_first"]
+    for index in range(n_shards):
+        path = out / _shard_file(index)
+        if _has(manifest, index) or not path.is_file():
+            continue
+        lo = index * per_shard
+        n_tokens = (min(manifest["n_windows"], lo + per_shard) - lo) * per_window
+        try:
+            with safe_open(str(path), "pt") as f:
+                shape = tuple(f.get_slice(SHARD_KEY).get_shape())
+        except (OSError, SafetensorError):  # unreadable: computed again
+            continue
+        if shape == (n_tokens, manifest["d_in"]):
+            _record(manifest, {"file": path.name, "n_tokens": n_tokens, "first_window": lo}, n_shards)
+    return manifest
+
+
+class _Captured(Exception):
+    """Raised from the last hook a forward pass needs, to skip the later layers."""
+
+
+def _shard_activations(lm: LoadedModel, hook_names: list[str], tokens: np.ndarray, batch_size: int,
+                       skip_first: int, bar: tqdm) -> dict[str, torch.Tensor]:
+    """Per hook, (n_windows * (context - skip_first), d_in) float16 activations on the CPU,
+    all from one forward pass per batch."""
+    parts: dict[str, list[torch.Tensor]] = {hook: [] for hook in hook_names}
+
+    def capture(hook: str):
+        def keep(acts: torch.Tensor) -> None:
+            acts = acts[:, skip_first:].reshape(-1, acts.shape[-1])  # (batch * kept positions, d_in)
+            peak = acts.abs().max().item()
+            if not peak <= FP16_MAX:  # also catches NaN
+                raise CacheError(
+                    f"Activations at {hook} reach {peak:.4g}, outside float16's range (±{FP16_MAX:g}). "
+                    "Fix: cache another hook, or raise skip_first if the outliers sit at the window start.")
+            parts[hook].append(acts.to("cpu", torch.float16, copy=True))
+            if all(len(p) == len(parts[hook]) for p in parts.values()):
+                raise _Captured
+        return keep
+
+    edits = {hook: capture(hook) for hook in hook_names}
     for start in range(0, len(tokens), batch_size):
         ids = torch.from_numpy(tokens[start:start + batch_size].astype(np.int64)).to(lm.device)
         # Lock per batch, not per shard, so an app sharing the model is not blocked for minutes.
-        with lm.lock, torch.inference_mode():
-            acts = run_to_hook(lm.model, hook_name, ids)
-        acts = acts[:, skip_first:].reshape(-1, acts.shape[-1])  # (batch * kept positions, d_in)
-        peak = acts.abs().max().item()
-        if not peak <= FP16_MAX:  # also catches NaN
-            raise CacheError(
-                f"Activations at {hook_name} reach {peak:.4g}, outside float16's range (±{FP16_MAX:g}). "
-                "Fix: cache another hook, or raise skip_first if the outliers sit at the window start.")
-        parts.append(acts.to("cpu", torch.float16))
-        bar.update(acts.shape[0])
-    return torch.cat(parts)
+        try:
+            with lm.lock, torch.inference_mode(), hooked(lm.model, edits):
+                lm.model(ids, use_cache=False)
+        except _Captured:
+            pass
+        done = start // batch_size + 1
+        if any(len(p) < done for p in parts.values()):
+            raise HookError(f"Hooks {[h for h, p in parts.items() if len(p) < done]} never ran; "
+                            "their modules were not called by the forward pass")
+        bar.update(len(parts[hook_names[0]][-1]))
+    return {hook: torch.cat(p) for hook, p in parts.items()}
 
 
 def _write_shard(path: Path, acts: torch.Tensor) -> None:
@@ -171,7 +286,6 @@ def _write_shard(path: Path, acts: torch.Tensor) -> None:
 
     with replacing(path) as tmp:
         save_file({SHARD_KEY: acts.contiguous()}, str(tmp))
-
 
 
 

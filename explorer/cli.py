@@ -54,6 +54,14 @@ def count(text: str) -> int:
     return n
 
 
+def hook_list(text: str) -> list[str]:
+    """argparse type: comma-separated hook names, each once, in the order given."""
+    hooks = list(dict.fromkeys(h.strip() for h in text.split(",") if h.strip()))
+    if not hooks:
+        raise argparse.ArgumentTypeError(f"{text!r} names no hook; use e.g. {DEMO_HOOK},blocks.3.hook_resid_post")
+    return hooks
+
+
 def add_workspace_args(p: argparse.ArgumentParser, index: bool = True) -> None:
     # No defaults here: `workspace` fills them from the environment when the command runs.
     p.add_argument("--model", help="'demo', a local model directory, a .gguf file, or a hub id "
@@ -173,12 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train an SAE (TopK by default) on activations at a hook",
                        description="Cache the activations at a hook, then train an SAE on them. Both steps "
-                                   "resume where they stopped. --seed also picks the held-out windows.")
+                                   "resume where they stopped. --seed also picks the held-out windows. Under "
+                                   "torchrun (torchrun --nproc_per_node=N -m explorer.cli train ...) the processes "
+                                   "share out the caching, then train data parallel: the same SAE as one process.")
     split_args(p, seed=False)
     p.add_argument("--model", default=DEMO_MODEL, help="model whose activations to train on (default: demo)")
     p.add_argument("--acts", required=True, help="activation cache folder (reused and resumed)")
     p.add_argument("--batch-windows", type=count, default=16, help="windows per forward pass")
+    p.add_argument("--shard-tokens", type=count, default=65_536,
+                   help="tokens per activation-cache shard, the unit of resuming and of sharing out the caching "
+                        "between processes (default: %(default)s)")
     add_train_config_args(p)
+    p.add_argument("--hooks", type=hook_list, help="several hooks, comma-separated, instead of --hook: their "
+                   "activations are cached from one forward pass per batch into ACTS/<hook>/, and one SAE per "
+                   "hook is trained into OUT/<hook>/, one after another")
+    p.add_argument("--distribute-hooks", action="store_true",
+                   help="under torchrun with --hooks: each process trains its own hooks' SAEs (hook i on rank "
+                        "i %% world size) instead of all processes training each SAE together")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate an SAE on held-out windows (L0, EV, CE-loss score, KL, dead/dense)")

@@ -189,18 +189,54 @@ def _split(args):
 
 
 def cmd_train(args) -> None:
-    from explorer.activation_cache import cache_activations
-    from explorer.model import load_model
-    from explorer.train import train_sae
+    from explorer import distributed
+    from explorer.train_distributed import SINGLE, Ranks
 
     cfg = train_config(args)  # checked before the slow part, not after caching
-    lm = load_model(args.model, device=cfg.device or None)
+    if getattr(args, "distribute_hooks", False) and not getattr(args, "hooks", None):
+        raise CliError("--distribute-hooks shares out the hooks of --hooks. Fix: name several hooks with --hooks")
+    if distributed.from_env() is None:
+        return train_hooks(args, cfg, SINGLE)
+    with distributed.session(cfg.device or None) as dist:
+        train_hooks(args, dataclasses.replace(cfg, device=str(dist.device)), Ranks.of(dist))
+
+
+def train_hooks(args, cfg: TrainConfig, ranks) -> None:
+    """`explorer train` in one process, or as one rank of a torchrun job (`ranks`): cache the
+    hooks' activations, then train their SAEs."""
+    from explorer.activation_cache import cache_activations, cache_hooks
+    from explorer.model import load_model
+    from explorer.train import train_sae
+    from explorer.train_distributed import SINGLE
+
+    hooks = getattr(args, "hooks", None)
+    if not ranks.main:
+        ranks.barrier()  # rank 0 loads first: it converts the demo model if that is not done yet
+    lm = load_model(args.model, device=cfg.device or None, progress=ranks.main)
+    if ranks.main:
+        ranks.barrier()
     train, _ = _split(args)
     if args.max_windows:
         train = train[: args.max_windows]
-    cache = cache_activations(lm, cfg.hook_name, train, args.acts, batch_size=args.batch_windows)
-    train_sae(cfg, cache)
-    print(f"SAE saved in {cfg.out_dir}")
+    caching = {"batch_size": args.batch_windows, "shard_tokens": args.shard_tokens, "ranks": ranks}
+    if hooks:
+        caches = cache_hooks(lm, {hook: Path(args.acts) / hook for hook in hooks}, train, **caching)
+    else:
+        caches = {cfg.hook_name: cache_activations(lm, cfg.hook_name, train, args.acts, **caching)}
+    del lm  # training needs only the caches
+    # One hook keeps the folder as given; several get a subfolder each, named after the hook.
+    runs = {hook: dataclasses.replace(cfg, hook_name=hook, out_dir=str(Path(cfg.out_dir) / hook))
+            for hook in hooks} if hooks else {cfg.hook_name: cfg}
+    if getattr(args, "distribute_hooks", False):
+        mine = list(runs)[ranks.rank::ranks.world]
+        for hook in mine:
+            train_sae(runs[hook], caches[hook], ranks=SINGLE)
+        print(f"Rank {ranks.rank}: " + (", ".join(f"SAE saved in {runs[h].out_dir}" for h in mine) or "no hook"))
+        return
+    for hook, run in runs.items():
+        train_sae(run, caches[hook], progress=ranks.main, ranks=ranks)
+        if ranks.main:
+            print(f"SAE saved in {run.out_dir}")
 
 
 def cmd_eval(args) -> None:

@@ -9,7 +9,9 @@
   centred input (so it is scale free).
 
 Public names: Losses, topk_losses, relu_losses. Both take the SAE's own parameters and
-return each term separately; train.py weights and sums them.
+return each term separately; train.py weights and sums them. Under data parallelism each
+rank passes its slice of the batch as x and the whole batch as `whole`: the denominators
+are then the whole batch's, so the ranks' losses (and gradients) sum to one process's.
 """
 
 from __future__ import annotations
@@ -105,8 +107,13 @@ def _decode_sparse(values: Tensor, idx: Tensor, W_dec: Tensor) -> Tensor:
     return _SparseDecode.apply(values, idx, W_dec)
 
 
-def topk_losses(sae: SAE, x: Tensor, k: int, dead: Tensor, k_aux: int) -> Losses:
-    """FVU and AuxK for a batch x (batch, d_in); `dead` is a (d_sae,) bool mask."""
+def _total_variance(x: Tensor) -> Tensor:
+    return (x - x.mean(0)).pow(2).sum()
+
+
+def topk_losses(sae: SAE, x: Tensor, k: int, dead: Tensor, k_aux: int, whole: Tensor | None = None) -> Losses:
+    """FVU and AuxK for a batch x (batch, d_in); `dead` is a (d_sae,) bool mask. With
+    `whole`, x is a slice of that batch and both terms are this slice's share of its losses."""
     x_in = x - sae.b_dec  # SAELens apply_b_dec_to_input
     with torch.no_grad():
         pre = x_in @ sae.W_enc + sae.b_enc  # (batch, d_sae)
@@ -114,7 +121,7 @@ def topk_losses(sae: SAE, x: Tensor, k: int, dead: Tensor, k_aux: int) -> Losses
     values = _PreActsAt.apply(x_in, sae.W_enc, sae.b_enc, pre, idx).relu()
     x_hat = _decode_sparse(values, idx, sae.W_dec) + sae.b_dec
     error = x - x_hat
-    total_variance = (x - x.mean(0)).pow(2).sum()
+    total_variance = _total_variance(x if whole is None else whole)
     fvu = error.pow(2).sum() / total_variance
 
     n_dead = int(dead.sum())
@@ -131,14 +138,16 @@ def topk_losses(sae: SAE, x: Tensor, k: int, dead: Tensor, k_aux: int) -> Losses
     return Losses(fvu, auxk, fvu.new_zeros(()), active.sum(-1).float().mean(), fired)
 
 
-def relu_losses(sae: SAE, x: Tensor) -> Losses:
-    """FVU and the scale-free L1 penalty of a standard ReLU SAE for a batch x (batch, d_in)."""
+def relu_losses(sae: SAE, x: Tensor, whole: Tensor | None = None) -> Losses:
+    """FVU and the scale-free L1 penalty of a standard ReLU SAE for a batch x (batch, d_in).
+    With `whole`, x is a slice of that batch and both terms are this slice's share."""
     f = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)  # (batch, d_sae)
     x_hat = f @ sae.W_dec + sae.b_dec
-    total_variance = (x - x.mean(0)).pow(2).sum()
+    whole = x if whole is None else whole
+    total_variance = _total_variance(whole)
     fvu = (x - x_hat).pow(2).sum() / total_variance
     # mean_b sum(f) / sqrt(mean_b ||x - mean||^2). Decoder rows are unit norm, so the usual
     # f_i * ||W_dec[i]|| weighting is f_i.
-    l1 = f.sum() / (total_variance * x.shape[0]).sqrt()
+    l1 = f.sum() / (total_variance * whole.shape[0]).sqrt()
     active = f.detach() > 0
     return Losses(fvu, fvu.new_zeros(()), l1, active.sum(-1).float().mean(), active.sum(0))

@@ -20,6 +20,15 @@ The TopK recipe is OpenAI's (Gao et al. 2024), as sparsify and dictionary_learni
 The ReLU variant is a standard SAE: FVU + l1_coefficient * L1 (a scale-free L1, see
 sae_losses.py), with the same unit-norm decoder.
 
+Under torchrun (`ranks`), training is data parallel and gives one process's SAE, within
+float32 rounding. Every rank reads the same global batches (same seed, same order) and takes
+a contiguous slice of each. Its losses use the whole batch's denominators
+(sae_losses.py), so the sum over ranks of the slices' gradients is the batch's gradient.
+One all-reduce per step sums the gradients, the per-latent firing counts (so the dead-latent
+mask, and with it AuxK, stays the one-process one) and the logged losses. Every rank then
+takes the same Adam step. Rank 0 alone writes checkpoints and the final SAE; on resume every
+rank loads the same checkpoint.
+
 Public names: TrainConfig, TrainError, train_sae, resolve, Plan, lr_factor, geometric_median.
 TrainConfig and TrainError are declared in settings.py (free of torch, for the CLI).
 `train_sae` writes periodic checkpoints to out_dir/checkpoint/ and resumes from the latest
@@ -47,6 +56,7 @@ from explorer.sae import SAE, SAEConfig
 from explorer.sae_files import save_sae
 from explorer.sae_losses import relu_losses, topk_losses
 from explorer.settings import TrainConfig, TrainError
+from explorer.train_distributed import SINGLE, Ranks
 
 log = logging.getLogger(__name__)
 
@@ -195,14 +205,18 @@ def _normalise_decoder(sae: SAE) -> None:
 
 
 def train_sae(cfg: TrainConfig, cache: ActivationCache, progress: bool = True,
-              stop_after_steps: int | None = None) -> SAE:
+              stop_after_steps: int | None = None, ranks: Ranks = SINGLE) -> SAE:
     """Train an SAE on `cache` and save it in cfg.out_dir (SAELens format); returns it.
 
     Resumes from the latest checkpoint in out_dir/checkpoint/. `stop_after_steps` ends this
     call early (after a checkpoint) so that a long run can be done in slices; the SAE returned
-    then is the unfinished one and nothing is saved in SAELens format yet.
+    then is the unfinished one and nothing is saved in SAELens format yet. With `ranks` of
+    several processes (torchrun), every rank calls this and they train one SAE together.
     """
     plan = resolve(cfg, cache)
+    if cfg.batch_size < ranks.world:
+        raise TrainError(f"batch_size={cfg.batch_size} leaves some of the {ranks.world} processes without tokens. "
+                         f"Fix: use a batch_size of at least {ranks.world}.")
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(cfg.out_dir)
     checkpoints = out / CHECKPOINT_DIR
@@ -211,31 +225,47 @@ def train_sae(cfg: TrainConfig, cache: ActivationCache, progress: bool = True,
     sae.to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=plan.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
     state = load_checkpoint(latest, cfg, cache, sae, opt) if latest else TrainState.fresh(plan.d_sae, scale, device)
+    state.scale = _same_start(sae, state.scale, ranks)
     if latest:
         log.info("Resuming from %s (step %d of %d)", latest, state.step, plan.n_steps)
-    else:
+    elif ranks.main:
         write_json(out / CONFIG_FILENAME, {"config": cfg.to_dict(), "plan": dataclasses.asdict(plan)})
 
     end = plan.n_steps if stop_after_steps is None else min(plan.n_steps, state.step + stop_after_steps)
     bar = tqdm(total=plan.n_steps, initial=state.step, unit="step", desc=f"Training SAE {cache.hook_name}",
-               disable=not progress)
+               disable=not (progress and ranks.main))
     started, first_step = time.perf_counter(), state.step
     batches = _stream(cache, cfg, plan, state.step)
     while state.step < end:
-        _train_step(sae, opt, next(batches).to(device) * state.scale, state, cfg, plan)
+        _train_step(sae, opt, next(batches).to(device) * state.scale, state, cfg, plan, ranks)
         bar.update()
         if state.step % 10 == 0 or state.step == end:
             bar.set_postfix(_postfix(state, plan), refresh=False)
-        if state.step % cfg.checkpoint_every == 0 and state.step < end:
+        if state.step % cfg.checkpoint_every == 0 and state.step < end and ranks.main:
             save_checkpoint(checkpoints, cfg, cache, sae, opt, state)
     bar.close()
     if state.step > first_step:
         log.info("%d steps at %.2f steps/s", state.step - first_step,
                  (state.step - first_step) / (time.perf_counter() - started))
-    save_checkpoint(checkpoints, cfg, cache, sae, opt, state)
+    if ranks.main:
+        save_checkpoint(checkpoints, cfg, cache, sae, opt, state)
     if state.step < plan.n_steps:
-        return _in_raw_units(sae, state.scale)
-    return _save_final(sae, cfg, plan, cache, state)
+        final = _in_raw_units(sae, state.scale)
+    else:
+        final = _save_final(sae, cfg, plan, cache, state, write=ranks.main)
+    ranks.barrier()  # the files are written when any rank returns
+    return final
+
+
+@torch.no_grad()
+def _same_start(sae: SAE, scale: float, ranks: Ranks) -> float:
+    """Rank 0's weights and input scale on every rank. Each rank initialised (or loaded)
+    the same ones already; this keeps ranks on machines whose float code differs in step."""
+    if ranks.world == 1:
+        return scale
+    for p in sae.parameters():
+        ranks.broadcast_(p)
+    return ranks.broadcast_(torch.tensor([scale], dtype=torch.float64, device=sae.W_dec.device)).item()
 
 
 def _stream(cache: ActivationCache, cfg: TrainConfig, plan: Plan, step: int) -> Iterator[Tensor]:
@@ -246,31 +276,50 @@ def _stream(cache: ActivationCache, cfg: TrainConfig, plan: Plan, step: int) -> 
         epoch, start = epoch + 1, 0
 
 
-def _train_step(sae: SAE, opt: torch.optim.Optimizer, x: Tensor, state: TrainState, cfg: TrainConfig,
-                plan: Plan) -> None:
+def _train_step(sae: SAE, opt: torch.optim.Optimizer, batch: Tensor, state: TrainState, cfg: TrainConfig,
+                plan: Plan, ranks: Ranks = SINGLE) -> None:
     for group in opt.param_groups:
         group["lr"] = plan.lr * lr_factor(state.step, plan)
+    rows = ranks.part(len(batch))
+    x = batch[rows.start:rows.stop]  # this rank's slice; the whole batch with one process
+    whole = batch if ranks.world > 1 else None
     if cfg.architecture == "topk":
-        losses = topk_losses(sae, x, cfg.k, state.tokens_since_fired >= plan.dead_after_tokens, plan.k_aux)
+        losses = topk_losses(sae, x, cfg.k, state.tokens_since_fired >= plan.dead_after_tokens, plan.k_aux, whole)
         loss = losses.fvu + cfg.auxk_alpha * losses.auxk
     else:
-        losses = relu_losses(sae, x)
+        losses = relu_losses(sae, x, whole)
         loss = losses.fvu + cfg.l1_coefficient * losses.l1
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    fire_counts, stats = losses.fired, torch.stack([loss, losses.fvu, losses.auxk, losses.l0]).detach()
+    if ranks.world > 1:
+        stats[3] *= len(x) / len(batch)  # this slice's share of the batch's mean L0
+        fire_counts, stats = _sum_over_ranks(sae, fire_counts, stats, ranks)
     _remove_parallel_grad(sae)
     opt.step()
     _normalise_decoder(sae)
 
-    fired = losses.fired > 0
-    state.tokens_since_fired += x.shape[0]
-    state.tokens_since_fired[fired] = 0
+    state.tokens_since_fired += len(batch)
+    state.tokens_since_fired[fire_counts > 0] = 0
     if state.step >= plan.freq_start:
-        state.fire_counts += losses.fired
+        state.fire_counts += fire_counts
     state.step += 1
-    now = {"loss": loss.item(), "fvu": losses.fvu.item(), "auxk": losses.auxk.item(), "l0": losses.l0.item()}
+    now = dict(zip(("loss", "fvu", "auxk", "l0"), stats.tolist()))
     state.running = {key: value if key not in state.running else (1 - EMA) * state.running[key] + EMA * value
                      for key, value in now.items()}
+
+
+def _sum_over_ranks(sae: SAE, fire_counts: Tensor, stats: Tensor, ranks: Ranks) -> tuple[Tensor, Tensor]:
+    """Sum the gradients (in place), the firing counts and the logged losses over the ranks,
+    in one all-reduce. Counts travel as float32, exact up to 2**24 tokens a batch."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in sae.parameters()]
+    flat = ranks.sum_(torch.cat([g.flatten() for g in grads] + [fire_counts.float(), stats.float()]))
+    offset = 0
+    for p, g in zip(sae.parameters(), grads):
+        p.grad = flat[offset:offset + g.numel()].view_as(g)
+        offset += g.numel()
+    counts = flat[offset:offset + len(fire_counts)].round().long()
+    return counts, flat[offset + len(fire_counts):]
 
 
 def _postfix(state: TrainState, plan: Plan) -> dict[str, str]:
@@ -279,7 +328,8 @@ def _postfix(state: TrainState, plan: Plan) -> dict[str, str]:
     return {"loss": f"{r['loss']:.4f}", "l0": f"{r['l0']:.1f}", "ev": f"{1 - r['fvu']:.3f}", "dead": f"{dead:.1%}"}
 
 
-def _save_final(sae: SAE, cfg: TrainConfig, plan: Plan, cache: ActivationCache, state: TrainState) -> SAE:
+def _save_final(sae: SAE, cfg: TrainConfig, plan: Plan, cache: ActivationCache, state: TrainState,
+                write: bool = True) -> SAE:
     freq_tokens = (plan.n_steps - plan.freq_start) * cfg.batch_size
     sparsity = torch.log10(state.fire_counts.double().cpu() / freq_tokens + 1e-10).float()
     r = state.running
@@ -299,6 +349,7 @@ def _save_final(sae: SAE, cfg: TrainConfig, plan: Plan, cache: ActivationCache, 
     metadata = {"trained_tokens": plan.n_steps * cfg.batch_size, "training": training}
     final = _in_raw_units(sae, state.scale, _sae_config(cfg, plan, cache, metadata))
     final.sparsity = sparsity
-    save_sae(final, cfg.out_dir, sparsity=sparsity)
-    log.info("Saved SAE to %s", cfg.out_dir)
+    if write:
+        save_sae(final, cfg.out_dir, sparsity=sparsity)
+        log.info("Saved SAE to %s", cfg.out_dir)
     return final

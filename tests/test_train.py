@@ -10,11 +10,11 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from explorer.activation_cache import MANIFEST, ActivationCache, CacheError, cache_activations
+from explorer.activation_cache import MANIFEST, ActivationCache, CacheError, cache_activations, cache_hooks
 from explorer.cli import add_train_config_args, build_parser, field_docs
 from explorer.commands import train_config
 from explorer.corpus import Windows
-from explorer.hooks import run_to_hook
+from explorer.hooks import blocks, run_to_hook
 from explorer.sae import random_sae
 from explorer.sae_files import load_sae
 from explorer.sae_losses import relu_losses, topk_losses
@@ -124,6 +124,70 @@ def test_batches_cover_every_token_once_per_epoch(cache):
     assert len(list(cache.batches(50, seed=1, drop_last=True))) == 7
 
 
+class _Calls:
+    """Counts the calls of a module's forward while in a with block."""
+
+    def __init__(self, module):
+        self.module, self.n = module, 0
+
+    def __enter__(self):
+        self.handle = self.module.register_forward_pre_hook(lambda *_: setattr(self, "n", self.n + 1))
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+MULTI = ["blocks.0.attn.hook_z", HOOK, "blocks.2.hook_mlp_out"]
+
+
+def test_several_hooks_cache_from_one_forward_per_batch_as_one_hook_each(lm, windows, cache, tmp_path):
+    folders = {hook: tmp_path / hook for hook in MULTI}
+    with _Calls(lm.model) as calls, _Calls(blocks(lm.model)[3]) as last_layer:
+        caches = cache_hooks(lm, folders, windows, batch_size=5, shard_tokens=100, progress=False)
+    assert calls.n == 4 * 1  # 4 shards of 3 windows: one batch (of 5) each, one forward for all 3 hooks
+    assert last_layer.n == 0  # stopped after the deepest hook
+    for hook in MULTI:
+        single = cache.path if hook == HOOK else cache_activations(lm, hook, windows, tmp_path / "one" / hook,
+                                                                     batch_size=5, shard_tokens=100,
+                                                                     progress=False).path
+        assert sorted(p.name for p in single.iterdir()) == sorted(p.name for p in folders[hook].iterdir())
+        for file in single.iterdir():
+            assert file.read_bytes() == (folders[hook] / file.name).read_bytes(), (hook, file.name)
+        assert caches[hook].hook_name == hook
+
+
+def test_several_hooks_resume_each_on_its_own(lm, windows, cache, tmp_path):
+    deep, shallow = tmp_path / "deep", tmp_path / "shallow"
+    cache_hooks(lm, {"blocks.2.hook_mlp_out": deep}, windows, batch_size=5, shard_tokens=100, progress=False)
+    shutil.copytree(cache.path, shallow)
+    manifest = json.loads((shallow / MANIFEST).read_text())
+    lost = manifest["shards"].pop(1)
+    (shallow / lost["file"]).unlink()
+    manifest["complete"] = False
+    (shallow / MANIFEST).write_text(json.dumps(manifest))
+    # A whole shard file the manifest does not list yet (written just before an interruption) is kept.
+    manifest["shards"].pop(2)
+    (shallow / MANIFEST).write_text(json.dumps(manifest))
+    with _Calls(lm.model) as calls, _Calls(blocks(lm.model)[2]) as layer2:
+        cache_hooks(lm, {HOOK: shallow, "blocks.2.hook_mlp_out": deep}, windows, batch_size=5, shard_tokens=100,
+                    progress=False)
+    assert calls.n == 1 and layer2.n == 0  # only the lost shard, and only as far as the hook lacking it
+    assert (shallow / MANIFEST).read_bytes() == (cache.path / MANIFEST).read_bytes()
+    assert torch.equal(_all_shards(ActivationCache(shallow)), _all_shards(cache))
+
+
+def test_a_new_cache_drops_shard_files_no_manifest_vouches_for(lm, windows, cache, tmp_path):
+    path = tmp_path / "cache"
+    shutil.copytree(cache.path, path)
+    (path / MANIFEST).unlink()  # the files could be of any model, hook or windows
+    other = cache_activations(lm, "blocks.0.hook_resid_post", windows, path, batch_size=5, shard_tokens=100,
+                              progress=False)
+    assert not torch.equal(_all_shards(other), _all_shards(cache))
+    expected = run_to_hook(lm.model, "blocks.0.hook_resid_post", torch.from_numpy(windows.tokens.astype(np.int64)))
+    torch.testing.assert_close(_all_shards(other), expected[:, 1:].reshape(-1, 32).half(), rtol=1e-3, atol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------
 # Losses
 
@@ -168,6 +232,36 @@ def test_auxk_is_zero_without_dead_latents_and_trains_dead_encoders():
     assert sae.W_enc.grad[:, 24:].abs().sum() > 0  # the dead latents' encoders are pulled
     assert sae.W_enc.grad[:, :24].abs().sum() == 0
     assert int(some.fired.sum()) == int((some.l0 * 40).round())
+
+
+@pytest.mark.parametrize("architecture", ["topk", "relu"])
+def test_slices_with_the_whole_batch_sum_to_the_batch_losses_and_gradients(architecture):
+    """What data parallelism rests on: ranks' slices, each with the whole batch's denominators."""
+    torch.manual_seed(0)
+    sae = random_sae(16, 48, k=5)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.3)
+    x = torch.randn(40, 16) * 3 + 1
+    dead = torch.arange(48) % 3 == 0
+
+    def run(part, whole=None):
+        sae.zero_grad()
+        if architecture == "topk":
+            losses = topk_losses(sae, part, 5, dead, k_aux=8, whole=whole)
+            loss = losses.fvu + 0.5 * losses.auxk
+        else:
+            losses = relu_losses(sae, part, whole=whole)
+            loss = losses.fvu + 0.1 * losses.l1
+        loss.backward()
+        return loss.detach(), losses.fired, [p.grad.clone() for p in sae.parameters()]
+
+    loss, fired, grads = run(x)
+    slices = [run(x[lo:hi], x) for lo, hi in ((0, 13), (13, 40))]
+    torch.testing.assert_close(slices[0][0] + slices[1][0], loss)
+    assert torch.equal(slices[0][1] + slices[1][1], fired)
+    for g, a, b in zip(grads, slices[0][2], slices[1][2], strict=True):
+        torch.testing.assert_close(a + b, g, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(slices[0][2][0], grads[0])  # one slice alone is not the batch
 
 
 def test_relu_losses_give_an_l1_that_ignores_scale():
