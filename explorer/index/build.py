@@ -289,11 +289,11 @@ def build_index(
         remove_leftovers(partial / STATE_FILE)
         _check_target(out, fingerprint, force)
         bos = getattr(lm.tokenizer, "bos_token_id", None)
-        run = PassState(d, L, top_n, sae.device)
+        run = PassState(d, L, top_n, sae.device, max_tokens=tokens.size)
         settings = {"top_n": top_n, "batch_size": batch_size, "n_bins": N_BINS, "hist_decades": HIST_DECADES,
                     "hist_range": list(hist_range) if hist_range else None, "n_quantiles": N_QUANTILES,
                     "samples_per_bin": SAMPLES_PER_BIN, "skip_bos_token_id": bos,
-                    "cooccurrence": "dense" if run.dense_cooc else "sparse"}
+                    "cooccurrence": run.cooc.mode}
         identity = _identity(lm, sae, windows, fingerprint, settings)
 
         _load_checkpoint(partial, run, identity)
@@ -306,7 +306,8 @@ def build_index(
 
         manifest = dict(identity)
         manifest["n_tokens"] = run.n_tokens
-        manifest["settings"] = {**settings, "hist_edges": [float(e) for e in run.edges.cpu()]}
+        manifest["settings"] = {**settings, "hist_edges": [float(e) for e in run.edges.cpu()],
+                                "cooccurrence": run.cooc.description}  # approximate past a bound
         manifest["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         write_index(out, run, lm, sae, windows, manifest)
         shutil.rmtree(partial, ignore_errors=True)
