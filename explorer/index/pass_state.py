@@ -10,7 +10,8 @@ Exact and mergeable (see shared/reference/scale-notes.md). Every running summary
 two shards combine into what a single pass gives: counts, sums and histograms add (sums in
 fixed point, explorer.index.exact_sum, so that no grouping changes a bit), maxima take the
 max, top-N is the top-N of the union under a total order, samples are the bottom-k of a hash
-of (feature, token), co-occurrence counts add (explorer.index.merge has the rules). Nothing depends on batch order.
+of (feature, token), co-occurrence counts add. Nothing depends on batch order.
+explorer.index.merge holds one merge rule per state_dict key.
 
 Keys. A float32 v > 0 has a bit pattern that, read as an int, orders like v. With
 token = window * window_len + position, the top key bits(v) << 32 | (2^32 - 1 - token) is one
