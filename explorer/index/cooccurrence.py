@@ -37,9 +37,9 @@ from torch import Tensor
 EXACT_MAX_PAIRS = 1 << 25  # distinct pairs counted exactly in sparse form (16 bytes each)
 SUMMARY_SIZE = 256  # partners per feature in the approximate form
 # A pair scattered into the count matrix costs about as much as this many multiply-adds of a
-# float32 matrix product on a CPU (bench/bench_index.py --l0 32 64 128 256: with 4,608 features
-# the product wins from about 100 active features per token).
-PRODUCT_CELLS_PER_PAIR = 1500
+# float32 matrix product on a CPU (measured on an idle 2-core machine; with 4,608 features the
+# product is used from about 150 active features per token).
+PRODUCT_CELLS_PER_PAIR = 1000
 _PRODUCT_BLOCK = 512  # feature rows per product block
 _BLOCK_SHRINK = 0.8  # rows padded into one block are at least this fraction of its longest
 _UNIQUE_EVERY = 1 << 24  # sparse keys gathered before they are reduced to unique counts
