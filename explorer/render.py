@@ -331,6 +331,8 @@ def _related(card: FeatureCard, label: Callable[[int], str], links: bool) -> str
                 name = f'<a href="?feature={int(f)}" target="_blank">{name}</a>'
             rows.append(f"<tr><td {_CELL}>{name}</td><td {_CELL} align=right>{value:.2f}</td></tr>")
         rows = rows or ["<tr><td>none</td></tr>"]
+        if attr == "cooccurring" and card.cooccurrence_approximate:  # counted past the exact bound
+            score += ", approximate"
         cols.append(f"<div><div {_HEAD}>{title} ({score})</div>"
                     f'<table style="border-collapse:collapse;font-size:0.9em">{"".join(rows)}</table></div>')
     return f'<h3>Related features</h3><div style="{_COLUMNS}">{"".join(cols)}</div>'

@@ -12,7 +12,8 @@ from explorer.corpus import Windows
 from explorer.hooks import run_to_hook
 from explorer.index import FeatureIndex, IndexFormatError, IndexMismatchError, build_index, pass_state
 from explorer.index.finalise import _ordered_topk
-from explorer.index.pass_state import _active_pairs, _hist_bins, _sample_keys
+from explorer.index.cooccurrence import pair_keys
+from explorer.index.pass_state import _hist_bins, _sample_keys
 from explorer.sae import random_sae
 from explorer.tokens import token_strings
 
@@ -188,7 +189,31 @@ def test_sparse_cooccurrence_path_gives_the_same_index(setup, tmp_path, monkeypa
                          sae_path_fingerprint="sae-abc", progress=False)
     for name in FILES:
         assert (sparse / name).read_bytes() == (path / name).read_bytes(), name
-    assert json.loads((sparse / "manifest.json").read_text())["settings"]["cooccurrence"] == "sparse"
+    assert json.loads((sparse / "manifest.json").read_text())["settings"]["cooccurrence"] == "exact-sparse"
+
+
+def test_approximate_cooccurrence_is_flagged_and_never_overcounts(setup, tmp_path, monkeypatch):
+    """Past the exact bound: the manifest states the bound, the card and its HTML say
+    "approximate", and no Jaccard index is above the exact one."""
+    from explorer.index import cooccurrence
+    from explorer.render import card_html
+
+    lm, sae, windows, _, dense, ix = setup
+    monkeypatch.setattr(pass_state, "COOC_DENSE_MAX", 0)
+    monkeypatch.setattr(cooccurrence, "EXACT_MAX_PAIRS", 100)
+    monkeypatch.setattr(cooccurrence, "SUMMARY_SIZE", 12)
+    approx = FeatureIndex.open(build_index(lm, sae, windows, tmp_path / "approx", top_n=TOP_N, batch_size=BATCH,
+                                           sae_path_fingerprint="sae-abc", progress=False), lm.tokenizer)
+    assert approx.manifest.settings["cooccurrence"].startswith("approximate (Misra-Gries, 12 partners per feature")
+    J = brute_jaccard(dense)
+    assert not ix.card(3).cooccurrence_approximate
+    for f in range(D_SAE):
+        card = approx.card(f)
+        assert card.cooccurrence_approximate
+        for j, v in card.cooccurring:
+            assert v <= J[f, j] * (1 + 1e-6)
+    assert "Jaccard, approximate" in card_html(approx.card(0)).related
+    assert "approximate" not in card_html(ix.card(0)).related
 
 
 def test_index_folder_is_readable_by_everyone_and_leaves_no_temp_files(setup):
@@ -335,12 +360,12 @@ def test_ordered_topk_breaks_ties_by_lower_index(largest):
 def test_active_pairs_both_paths(ragged):
     rng = np.random.default_rng(1)
     rows = [sorted(rng.choice(30, size=4, replace=False)) for _ in range(20)]
-    if ragged:  # one long row makes padding wasteful, so entries are repeated instead
+    if ragged:  # rows of other lengths go into blocks of their own
         rows[5] = list(range(30))
         rows[6] = []
     t = torch.tensor([r for r, fs in enumerate(rows) for _ in fs], dtype=torch.int64)
     feat = torch.tensor([f for fs in rows for f in fs], dtype=torch.int64)
-    got = sorted((int(i), int(j)) for a, b in _active_pairs(t, feat, len(rows)) for i, j in zip(a, b))
+    got = sorted(divmod(int(k), 30) for keys in pair_keys(t, feat, len(rows), 30) for k in keys)
     expected = sorted((a, b) for fs in rows for x, a in enumerate(fs) for b in fs[x + 1:])
     assert got == expected
 

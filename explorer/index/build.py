@@ -316,11 +316,11 @@ def build_index(
     L, d = tokens.shape[1], sae.cfg.d_sae
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     bos = getattr(lm.tokenizer, "bos_token_id", None)
-    run = PassState(d, L, top_n, sae.device)
+    run = PassState(d, L, top_n, sae.device, max_tokens=tokens.size)
     settings = {"top_n": top_n, "batch_size": batch_size, "n_bins": N_BINS, "hist_decades": HIST_DECADES,
                 "hist_range": list(hist_range) if hist_range else None, "n_quantiles": N_QUANTILES,
                 "samples_per_bin": SAMPLES_PER_BIN, "skip_bos_token_id": bos,
-                "cooccurrence": "dense" if run.dense_cooc else "sparse"}
+                "cooccurrence": run.cooc.mode}
     identity = _identity(lm, sae, windows, fingerprint, settings)
     if dist is not None:
         job = _SplitJob(dist, out, partial, identity, fingerprint, force, batch_size, hist_range, bos)
@@ -348,7 +348,8 @@ def _range_edges(hist_range: tuple[float, float]) -> np.ndarray:
 def _manifest(identity: dict, run: PassState, distributed: dict | None = None) -> dict:
     manifest = dict(identity)
     manifest["n_tokens"] = run.n_tokens
-    manifest["settings"] = {**identity["settings"], "hist_edges": [float(e) for e in run.edges.cpu()]}
+    manifest["settings"] = {**identity["settings"], "hist_edges": [float(e) for e in run.edges.cpu()],
+                            "cooccurrence": run.cooc.description}  # approximate past a bound
     manifest["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     if distributed is not None:
         manifest["distributed"] = distributed

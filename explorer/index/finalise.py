@@ -136,9 +136,8 @@ def _neighbours(sae, chunk: int = 512) -> tuple[np.ndarray, np.ndarray, dict]:
 def _cooccurring(run: PassState) -> tuple[np.ndarray, np.ndarray]:
     """N_COOCCURRING partners by Jaccard C_ij / (C_ii + C_jj - C_ij), ties to the lower id."""
     d = run.d_sae
-    keys, counts = run.cooc_pairs()
-    i, j = keys // d, keys % d
-    rows, cols, c = torch.cat([i, j]), torch.cat([j, i]), torch.cat([counts, counts]).double()
+    rows, cols, c = run.cooc.directed()
+    c = c.double()
     jac = (c / (run.count[rows] + run.count[cols] - c).double()).float()
     bits = jac.view(torch.int32).to(torch.int64)
     order_key = -((bits << 32) | (LOW32 - cols))  # smallest first == jaccard desc, then id asc
@@ -173,7 +172,7 @@ def _examples(run: PassState) -> dict[str, np.ndarray]:
     """The flat example table: per feature its top examples, then each quantile group's."""
     d = run.d_sae
     count, vmax = run.count.cpu().numpy(), run.vmax.cpu().numpy()
-    hist = run.hist.view(d, N_BINS).cpu().numpy()
+    hist = run.hist.view(d, N_BINS).cpu().numpy().astype(np.int64)
     edges = run.edges.cpu().numpy()
 
     # Top examples: kind 0, rank = slot in the sorted buffer.
@@ -283,7 +282,7 @@ def write_index(out: Path, run: PassState, lm, sae, windows, manifest: dict) -> 
 
     features = {
         "count": run.count.cpu().numpy(), "act_sum": run.total.cpu().numpy(), "act_max": run.vmax.cpu().numpy(),
-        "hist_counts": run.hist.view(d, N_BINS).cpu().numpy(), "hist_edges": run.edges.cpu().numpy(),
+        "hist_counts": run.hist.view(d, N_BINS).cpu().numpy().astype(np.int64), "hist_edges": run.edges.cpu().numpy(),
         "q_low": ex["q_low"], "q_high": ex["q_high"], "q_fraction": ex["q_fraction"], "q_valid": ex["q_valid"],
         **logits, "neighbour_ids": nb_ids, "neighbour_cos": nb_cos, "cooc_ids": co_ids, "cooc_jaccard": co_jac,
         "peak_token_ids": peak_ids,

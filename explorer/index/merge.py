@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+import explorer.index.cooccurrence as cooccurrence
 import explorer.index.exact_sum as exact_sum
 from explorer.index.pass_state import _Traces, referenced_traces
 
@@ -63,10 +64,8 @@ def _samples(a: State, b: State) -> State:
 
 
 def _cooccurrence(a: State, b: State) -> State:
-    keys, inverse = torch.unique(torch.cat([a["cooc_keys"], b["cooc_keys"]]), return_inverse=True)
-    counts = torch.zeros(len(keys), dtype=torch.int64).index_add_(
-        0, inverse, torch.cat([a["cooc_counts"], b["cooc_counts"]]).to(torch.int64))
-    return {"cooc_keys": keys, "cooc_counts": counts}
+    """Exact counts add; approximate summaries merge with their error bounds added."""
+    return cooccurrence.merge(a, b, d_sae=len(a["count"]))
 
 
 TRACE_KEYS = ("trace_keys", "trace_lens", "trace_pos", "trace_vals")
@@ -97,7 +96,7 @@ RULES: list[tuple[tuple[str, ...], Callable[[State, State], State]]] = [
     (("edges",), _each(_same_edges, "edges")),
     (("top",), _top),
     (("samp", "samp_vals"), _samples),
-    (("cooc_keys", "cooc_counts"), _cooccurrence),
+    (("cooc_keys", "cooc_counts", "cooc_lost", "cooc_approximate"), _cooccurrence),
 ]
 # Traces come last: which survive depends on the merged top and sample buffers.
 

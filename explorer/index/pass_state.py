@@ -25,10 +25,10 @@ end. So we keep, for every (feature, histogram bin), the SAMPLES_PER_BIN tokens 
 smallest sample keys: an exact, mergeable bottom-k sample, from which the finalisation draws
 each group's examples.
 
-Co-occurrence. C_ij counts the tokens where both i and j fire. It is accumulated from the pairs
-of features active at each token (work ~ L0^2 per token, not d_sae^2): into a dense int32
-matrix (upper triangle) when d_sae <= COOC_DENSE_MAX (256 MB), else into sorted sparse
-(pair, count) arrays.
+Co-occurrence. C_ij counts the tokens where both i and j fire (explorer.index.cooccurrence):
+exact in a dense int32 matrix when d_sae <= COOC_DENSE_MAX (256 MB), exact in sorted sparse
+(pair, count) arrays up to a stated number of distinct pairs, approximate (with a per-feature
+error bound) above it.
 
 Traces. Each stored example shows the feature's activation over its whole window, but a
 window's activations exist only while its batch is in memory. So whenever an entry enters a
@@ -42,13 +42,13 @@ import torch
 from torch import Tensor
 
 import explorer.index.exact_sum as exact_sum
+from explorer.index.cooccurrence import Cooccurrence
 from explorer.index.format import N_BINS, SAMPLES_PER_BIN, IndexFormatError
 
 COOC_DENSE_MAX = 8192  # a dense int32 d_sae^2 count matrix up to here (256 MB), sparse above
 
 LOW32 = 0xFFFFFFFF
 EMPTY = torch.iinfo(torch.int64).max  # key of an empty buffer slot
-_MAX_PAIRS = 1 << 24  # co-occurrence pairs made at once (bounds memory for dense SAEs)
 _SAMPLE_SEED = 0x2545F491
 
 
@@ -146,47 +146,6 @@ def _ragged_take(lens: Tensor, rows: Tensor) -> Tensor:
     return starts[rows].repeat_interleave(take) + within
 
 
-def _active_pairs(t: Tensor, feat: Tensor, n_rows: int):
-    """Yield (i, j), i < j, for every two features active at the same row; entries sorted by (t, feat).
-
-    Rows are padded to the longest row's count c, and all c(c-1)/2 slot pairs are read at once:
-    no per-entry work, good when rows are about as long (TopK SAEs). When padding would more
-    than double the work, each entry is instead repeated once per later partner in its row."""
-    per_row = torch.bincount(t, minlength=n_rows)
-    n_pairs = int((per_row * (per_row - 1) // 2).sum())
-    if n_pairs == 0:
-        return
-    c = int(per_row.max())
-    ends = torch.cumsum(per_row, 0)
-    starts = ends - per_row
-    if n_rows * (c * (c - 1) // 2) <= 2 * n_pairs:
-        padded = torch.full((n_rows, c), -1, dtype=feat.dtype, device=feat.device)
-        padded[t, torch.arange(len(t), device=t.device) - starts[t]] = feat
-        ii, jj = torch.triu_indices(c, c, 1, device=feat.device)
-        step = max(1, _MAX_PAIRS // len(ii))
-        for r in range(0, n_rows, step):
-            i, j = padded[r:r + step, ii], padded[r:r + step, jj]  # (rows, c(c-1)/2)
-            ok = j >= 0  # padding sits at the end of a row, so a valid j has a valid i
-            yield i[ok], j[ok]
-        return
-    cum = torch.cumsum(per_row * (per_row - 1) // 2, 0)
-    lo = 0
-    while lo < n_rows:  # chunks of whole rows with at most _MAX_PAIRS pairs (at least one row)
-        base = int(cum[lo - 1]) if lo else 0
-        hi = max(int(torch.searchsorted(cum, base + _MAX_PAIRS, right=True)), lo + 1)
-        e0, e1 = int(starts[lo]), int(ends[hi - 1])
-        lo = hi
-        arange = torch.arange(e1 - e0, device=t.device)
-        n_rep = ends[t[e0:e1]] - e0 - arange - 1  # partners after each entry within its row
-        total = int(n_rep.sum())
-        if total == 0:
-            continue
-        first = arange.repeat_interleave(n_rep)
-        within = torch.arange(total, device=t.device) - (torch.cumsum(n_rep, 0) - n_rep).repeat_interleave(n_rep)
-        ff = feat[e0:e1]
-        yield ff[first], ff[first + 1 + within]
-
-
 def referenced_traces(top: Tensor, samples: Tensor, window_len: int) -> Tensor:
     """Sorted trace keys (window * d_sae + feature) that an entry of the top buffer (d_sae, top_n)
     or the sample buffer (d_sae * N_BINS, SAMPLES_PER_BIN) refers to."""
@@ -241,33 +200,6 @@ class _Traces:
         self.prune_at = 2 * self.n_rows + (1 << 16)
 
 
-class _SparseCounts:
-    """Counts per int64 key, as sorted unique keys + counts; new keys wait in `pending`."""
-
-    def __init__(self, device: torch.device):
-        self.keys = torch.zeros(0, dtype=torch.int64, device=device)
-        self.counts = torch.zeros(0, dtype=torch.int64, device=device)
-        self.pending: list[tuple[Tensor, Tensor]] = []
-        self.n_pending = 0
-
-    def add(self, keys: Tensor, counts: Tensor | None = None) -> None:
-        if counts is None:
-            keys, counts = torch.unique(keys, return_counts=True)
-        self.pending.append((keys, counts))
-        self.n_pending += len(keys)
-        if self.n_pending > max(2 * len(self.keys), 1 << 22):
-            self.compact()
-
-    def compact(self) -> None:
-        if not self.pending:
-            return
-        keys = torch.cat([self.keys] + [k for k, _ in self.pending])
-        counts = torch.cat([self.counts] + [c for _, c in self.pending])
-        self.keys, inverse = torch.unique(keys, return_inverse=True)
-        self.counts = torch.zeros(len(self.keys), dtype=torch.int64, device=keys.device).index_add_(0, inverse, counts)
-        self.pending, self.n_pending = [], 0
-
-
 # --------------------------------------------------------------------------- the pass state
 
 # state_dict key -> attribute, for the tensors saved as they are. The keys are the checkpoint
@@ -279,21 +211,22 @@ _SAVED_AS_IS = {"count": "count", "total": "total_limbs", "vmax": "vmax", "hist"
 class PassState:
     """Everything the streaming pass keeps, on the SAE's device."""
 
-    def __init__(self, d_sae: int, window_len: int, top_n: int, device: torch.device):
+    def __init__(self, d_sae: int, window_len: int, top_n: int, device: torch.device,
+                 max_tokens: int | None = None):
+        """`max_tokens`: the most tokens this state will see (the corpus size); below 2^31 the
+        histogram counts, which can at most reach it, are int32."""
         self.d_sae, self.window_len, self.top_n, self.device = d_sae, window_len, top_n, device
         i64 = {"dtype": torch.int64, "device": device}
         self.count = torch.zeros(d_sae, **i64)
         self.total_limbs = exact_sum.zeros(d_sae, device)  # (2, d_sae): sums of activations
         self.vmax = torch.zeros(d_sae, dtype=torch.float32, device=device)
-        self.hist = torch.zeros(d_sae * N_BINS, **i64)
+        small = max_tokens is not None and max_tokens < 2**31
+        self.hist = torch.zeros(d_sae * N_BINS, dtype=torch.int32 if small else torch.int64, device=device)
         self.top = torch.full((d_sae, top_n), EMPTY, **i64)  # negated top keys, ascending
         self.samples = torch.full((d_sae * N_BINS, SAMPLES_PER_BIN), EMPTY, **i64)  # (feature * N_BINS + bin, k)
         self.sample_values = torch.zeros((d_sae * N_BINS, SAMPLES_PER_BIN), dtype=torch.float32, device=device)
-        self.dense_cooc = d_sae <= COOC_DENSE_MAX
-        self.cooc = torch.zeros((d_sae, d_sae) if self.dense_cooc else (0,), dtype=torch.int32, device=device)
-        self.cooc_sparse = _SparseCounts(device)
+        self.cooc = Cooccurrence(d_sae, device, dense=d_sae <= COOC_DENSE_MAX)
         self.traces = _Traces(device)
-        self.salt = _feature_salt(torch.arange(d_sae, device=device))
         self.edges: Tensor | None = None  # (N_BINS + 1,) float32, fixed at the first batch
         self.windows_done = 0
         self.n_tokens = 0
@@ -310,10 +243,10 @@ class PassState:
         exact_sum.add_values(self.total_limbs, feat, vals)
         self.vmax.scatter_reduce_(0, feat, vals, reduce="amax")
         cell = feat * N_BINS + _hist_bins(vals, self.edges)  # (feature, bin)
-        self.hist += torch.bincount(cell, minlength=d * N_BINS)
+        self.hist += torch.bincount(cell, minlength=d * N_BINS).to(self.hist.dtype)
 
         new_top = _merge_smallest(self.top, feat, -_top_keys(vals, tokens))
-        new_samp = _merge_smallest(self.samples, cell, _sample_keys(feat, tokens, self.salt),
+        new_samp = _merge_smallest(self.samples, cell, _sample_keys(feat, tokens),
                                    self.sample_values, vals)
 
         # Traces of every (window, feature) that just entered a buffer, while the batch is here.
@@ -325,11 +258,7 @@ class PassState:
             if self.traces.n_rows > self.traces.prune_at:
                 self.traces.keep_only(self.referenced())
 
-        for i, j in _active_pairs(t, feat, B * L):
-            if self.dense_cooc:
-                self.cooc.view(-1).index_add_(0, i * d + j, torch.ones_like(i, dtype=torch.int32))
-            else:
-                self.cooc_sparse.add(i * d + j)
+        self.cooc.add(t, feat, B * L)
 
     @property
     def total(self) -> Tensor:
@@ -340,13 +269,13 @@ class PassState:
         """Sorted trace keys (window * d_sae + feature) that some buffer entry refers to."""
         return referenced_traces(self.top, self.samples, self.window_len)
 
-    def cooc_pairs(self) -> tuple[Tensor, Tensor]:
-        """(keys i * d_sae + j with i < j, counts) of every co-occurring pair."""
-        if self.dense_cooc:
-            keys = self.cooc.view(-1).nonzero().squeeze(1)
-            return keys, self.cooc.view(-1)[keys].to(torch.int64)
-        self.cooc_sparse.compact()
-        return self.cooc_sparse.keys, self.cooc_sparse.counts
+    def bytes_per_feature(self) -> dict[str, float]:
+        """Memory of each part of the state (named as in state_dict) divided by d_sae."""
+        tensors = {key: getattr(self, attr) for key, attr in _SAVED_AS_IS.items()}
+        sizes = {key: t.numel() * t.element_size() for key, t in tensors.items() if t is not None}
+        sizes["cooc"] = self.cooc.nbytes()
+        sizes["trace"] = sum(t.numel() * t.element_size() for t in self.traces.arrays())
+        return {key: size / self.d_sae for key, size in sizes.items()}
 
     # -- checkpoints
 
@@ -354,9 +283,8 @@ class PassState:
         """The whole state as CPU tensors (traces pruned to the referenced ones first)."""
         self.traces.keep_only(self.referenced())
         keys, lens, pos, vals = self.traces.arrays()
-        cooc_keys, cooc_counts = self.cooc_pairs()
         state = {key: getattr(self, attr) for key, attr in _SAVED_AS_IS.items()}
-        state.update({"cooc_keys": cooc_keys, "cooc_counts": cooc_counts, "trace_keys": keys,
+        state.update({**self.cooc.state_dict(), "trace_keys": keys,
                       "trace_lens": lens, "trace_pos": pos, "trace_vals": vals})
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
@@ -367,11 +295,7 @@ class PassState:
                 raise IndexFormatError(f"checkpoint tensor {key} has shape {list(s[key].shape)}; "
                                        "delete the .partial folder")
             setattr(self, attr, s[key])
-        if self.dense_cooc:
-            self.cooc.view(-1).index_add_(0, s["cooc_keys"], s["cooc_counts"].to(torch.int32))
-        else:
-            self.cooc_sparse = _SparseCounts(self.device)
-            self.cooc_sparse.keys, self.cooc_sparse.counts = s["cooc_keys"], s["cooc_counts"]
+        self.cooc.load_state_dict(s)
         self.traces = _Traces(self.device)
         self.traces.chunks = [(s["trace_keys"], s["trace_lens"], s["trace_pos"], s["trace_vals"])]
         self.traces.n_rows = len(s["trace_keys"])

@@ -76,6 +76,9 @@ class FeatureCard:
     quantiles: list[QuantileBin]
     neighbours: list[tuple[int, float]]  # (feature, decoder cosine)
     cooccurring: list[tuple[int, float]]  # (feature, jaccard)
+    # True when the index counted co-occurrence approximately (past the exact bound; the
+    # manifest's settings["cooccurrence"] states the error): explorer.index.cooccurrence
+    cooccurrence_approximate: bool = False
 
     def to_dict(self) -> dict:
         """Plain JSON-ready types (tuples become lists)."""
@@ -338,6 +341,7 @@ class FeatureIndex:
             top_examples=groups[0], quantiles=quantiles,
             neighbours=self._pairs(f, "neighbour_ids", "neighbour_cos"),
             cooccurring=self._pairs(f, "cooc_ids", "cooc_jaccard"),
+            cooccurrence_approximate=str(self.manifest.settings.get("cooccurrence", "")).startswith("approximate"),
         )
 
     def _logits(self, f: int, which: str) -> list[tuple[str, float]]:
