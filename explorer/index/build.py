@@ -218,7 +218,7 @@ def _check_inputs(tokens: np.ndarray, sae, top_n: int, batch_size: int, checkpoi
 
 def _run_pass(lm, sae, tokens: np.ndarray, run: PassState, bos: int | None, batch_size: int,
               checkpoint_every: int, checkpoint: Callable[[], None], on_batch: Callable[[int], None] | None,
-              progress: bool) -> None:
+              progress: bool, sources: np.ndarray | None = None) -> None:
     """Fold the windows from `run.windows_done` on into `run`, batch by batch, checkpointing."""
     n_windows, L = tokens.shape
     n_batches = math.ceil(n_windows / batch_size)
@@ -238,7 +238,8 @@ def _run_pass(lm, sae, tokens: np.ndarray, run: PassState, bos: int | None, batc
         f[:, 0][skip] = 0.0
         if run.edges is None:
             run.edges = torch.from_numpy(_hist_edges(_calibrated_hi(float(f.max())))).to(f.device)
-        run.update(f, lo)
+        source = None if sources is None else torch.from_numpy(sources[lo:hi].astype(np.int64)).to(f.device)
+        run.update(f, lo, source)
         run.windows_done = hi
         run.n_tokens += (hi - lo) * L - int(skip.sum())
         done_here += (hi - lo) * L
@@ -294,6 +295,10 @@ def build_index(
                     "hist_range": list(hist_range) if hist_range else None, "n_quantiles": N_QUANTILES,
                     "samples_per_bin": SAMPLES_PER_BIN, "skip_bos_token_id": bos,
                     "cooccurrence": "dense" if run.dense_cooc else "sparse"}
+        sources = getattr(windows, "source", None)  # per-token source ids (explorer.corpus), if the corpus has them
+        if sources is not None:
+            run.track_sources(len(windows.source_names))
+            settings["source_names"] = list(windows.source_names)
         identity = _identity(lm, sae, windows, fingerprint, settings)
 
         _load_checkpoint(partial, run, identity)
@@ -302,7 +307,7 @@ def build_index(
             run.edges = torch.from_numpy(edges).to(sae.device)
 
         _run_pass(lm, sae, tokens, run, bos, batch_size, checkpoint_every,
-                  lambda: _save_checkpoint(partial, run, identity), on_batch, progress)
+                  lambda: _save_checkpoint(partial, run, identity), on_batch, progress, sources)
 
         manifest = dict(identity)
         manifest["n_tokens"] = run.n_tokens

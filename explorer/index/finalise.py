@@ -47,6 +47,7 @@ from explorer.index.format import (
     N_NEIGHBOURS,
     N_QUANTILES,
     SAMPLES_PER_BIN,
+    SOURCE_MASS,
     WINDOW_ARRAYS,
     WINDOWS_FILE,
 )
@@ -281,6 +282,10 @@ def write_index(out: Path, run: PassState, lm, sae, windows, manifest: dict) -> 
         **logits, "neighbour_ids": nb_ids, "neighbour_cos": nb_cos, "cooc_ids": co_ids, "cooc_jaccard": co_jac,
         "peak_token_ids": peak_ids,
     }
+    feature_names = FEATURE_ARRAYS
+    if run.source_mass is not None:  # optional: only corpora that name their sources have it
+        features[SOURCE_MASS] = run.source_mass.view(d, run.n_sources).cpu().numpy()
+        feature_names = FEATURE_ARRAYS + (SOURCE_MASS,)
     examples = {
         "ex_ptr": ex["ex_ptr"].astype(np.int64), "ex_window": window.astype(np.int64), "ex_position": position,
         "ex_activation": ex["ex_activation"], "ex_trace": ex_trace.astype(np.int64), "trace_ptr": trace_ptr,
@@ -293,7 +298,7 @@ def write_index(out: Path, run: PassState, lm, sae, windows, manifest: dict) -> 
     labels = _auto_labels(TokenText(lm.tokenizer), peak_ids, logits["logit_top_ids"])
 
     with replacing_dir(out) as tmp:
-        _save_arrays(tmp / FEATURES_FILE, features, FEATURE_ARRAYS)
+        _save_arrays(tmp / FEATURES_FILE, features, feature_names)
         _save_arrays(tmp / EXAMPLES_FILE, examples, EXAMPLE_ARRAYS)
         _save_arrays(tmp / WINDOWS_FILE, win, WINDOW_ARRAYS)
         (tmp / LABELS_AUTO_FILE).write_text(json.dumps({"method": "explorer.labels.auto_label", "labels": labels},

@@ -28,6 +28,9 @@ of features active at each token (work ~ L0^2 per token, not d_sae^2): into a de
 matrix (upper triangle) when d_sae <= COOC_DENSE_MAX (256 MB), else into sorted sparse
 (pair, count) arrays.
 
+Source mix. With `track_sources(n)`, the pass also sums each feature's activation per corpus
+source (`source_mass`, float64, indexed feature * n + source): sums add, so it merges too.
+
 Traces. Each stored example shows the feature's activation over its whole window, but a
 window's activations exist only while its batch is in memory. So whenever an entry enters a
 top-N or sample buffer, its (window, feature) trace is kept sparsely (positions and float16
@@ -281,9 +284,17 @@ class PassState:
         self.edges: Tensor | None = None  # (N_BINS + 1,) float32, fixed at the first batch
         self.windows_done = 0
         self.n_tokens = 0
+        self.source_mass: Tensor | None = None  # (d_sae * n_sources,) float64 once track_sources is called
+        self.n_sources = 0
 
-    def update(self, f: Tensor, first_window: int) -> None:
-        """Fold in one batch: f (batch, seq, d_sae) float32 with masked positions zeroed."""
+    def track_sources(self, n_sources: int) -> None:
+        """Also sum each feature's activation per corpus source (ids 0..n_sources-1)."""
+        self.n_sources = n_sources
+        self.source_mass = torch.zeros(self.d_sae * n_sources, dtype=torch.float64, device=self.device)
+
+    def update(self, f: Tensor, first_window: int, source: Tensor | None = None) -> None:
+        """Fold in one batch: f (batch, seq, d_sae) float32 with masked positions zeroed;
+        `source` (batch, seq) int64 source ids, when sources are tracked."""
         B, L, d = f.shape
         flat = f.view(B * L, d)  # (tokens, d_sae)
         t, feat = (flat > 0).nonzero(as_tuple=True)  # sorted by token, then feature
@@ -293,6 +304,8 @@ class PassState:
         self.count += torch.bincount(feat, minlength=d)
         self.total.index_add_(0, feat, vals.to(torch.float64))
         self.vmax.scatter_reduce_(0, feat, vals, reduce="amax")
+        if self.source_mass is not None and source is not None:
+            self.source_mass.index_add_(0, feat * self.n_sources + source.reshape(-1)[t], vals.to(torch.float64))
         cell = feat * N_BINS + _hist_bins(vals, self.edges)  # (feature, bin)
         self.hist += torch.bincount(cell, minlength=d * N_BINS)
 
@@ -345,6 +358,8 @@ class PassState:
         state = {key: getattr(self, attr) for key, attr in _SAVED_AS_IS.items()}
         state.update({"cooc_keys": cooc_keys, "cooc_counts": cooc_counts, "trace_keys": keys,
                       "trace_lens": lens, "trace_pos": pos, "trace_vals": vals})
+        if self.source_mass is not None:
+            state["source_mass"] = self.source_mass
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -362,3 +377,7 @@ class PassState:
         self.traces = _Traces(self.device)
         self.traces.chunks = [(s["trace_keys"], s["trace_lens"], s["trace_pos"], s["trace_vals"])]
         self.traces.n_rows = len(s["trace_keys"])
+        if self.source_mass is not None:
+            if s.get("source_mass") is None or s["source_mass"].shape != self.source_mass.shape:
+                raise IndexFormatError("checkpoint lacks the per-source sums this build keeps; delete the .partial folder")
+            self.source_mass = s["source_mass"]
