@@ -214,17 +214,16 @@ def cmd_eval(args) -> None:
 
 
 def cmd_index(args) -> None:
-    from explorer.corpus import load_windows
+    from explorer import distributed
     from explorer.index import build_index
 
     if args.verify:
         return check_index(args.verify)
     if not (args.windows and args.out):
         raise CliError("Building an index needs --windows and --out (or check one with --verify DIR)")
-    ws = workspace(args, with_index=False)
-    windows = load_windows(args.windows)
-    if args.max_windows:
-        windows = windows[: args.max_windows]
+    if distributed.from_env() is not None:
+        return index_under_torchrun(args)
+    ws, windows = index_inputs(args)
     print(build_index(ws.lm, ws.sae, windows, args.out, top_n=args.top_n, batch_size=args.batch_windows,
                       sae_path_fingerprint=ws.sae_id, force=args.force))
 
@@ -248,6 +247,29 @@ def cmd_map(args) -> None:
     fmap = compute_map(sae.W_dec, seed=args.seed)
     fmap = dataclasses.replace(fmap, sae_fingerprint=fingerprint)
     print(f"{save_map(index, fmap)}: {fmap.d_sae:,} features, {fmap.params.method} (seed {args.seed})")
+
+
+def index_inputs(args):
+    """(workspace, windows) of `explorer index`."""
+    from explorer.corpus import load_windows
+
+    ws = workspace(args, with_index=False)
+    windows = load_windows(args.windows)
+    return ws, (windows[: args.max_windows] if args.max_windows else windows)
+
+
+def index_under_torchrun(args) -> None:
+    """`explorer index` as one rank of a torchrun job: each rank builds a shard, rank 0 writes."""
+    from explorer import distributed
+    from explorer.index import build_index
+
+    with distributed.session(args.device) as dist:
+        args.device = str(dist.device)
+        ws, windows = index_inputs(args)
+        out = build_index(ws.lm, ws.sae, windows, args.out, top_n=args.top_n, batch_size=args.batch_windows,
+                          sae_path_fingerprint=ws.sae_id, force=args.force, dist=dist)
+        if dist.rank == 0:
+            print(out)
 
 
 def check_index(path: str) -> None:

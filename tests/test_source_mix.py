@@ -7,7 +7,14 @@ import pytest
 import torch
 from tiny import byte_tokenizer, tiny_model
 
-from explorer.corpus import Document, Windows, load_windows, read_documents, save_windows, tokenize_windows
+from explorer.corpus import (
+    Document,
+    Windows,
+    load_windows,
+    read_documents,
+    save_windows,
+    tokenize_windows,
+)
 from explorer.hooks import run_to_hook
 from explorer.index import FeatureIndex, build_index
 from explorer.render import card_html, source_mix_html
@@ -97,3 +104,31 @@ def test_mix_line_groups_the_rest():
     html = source_mix_html([("bugs", 0.9), ("a", 0.04), ("b", 0.03), ("c", 0.02), ("<d>", 0.01)])
     assert "90% of activation in bugs (4% a, 3% b, 3% other)" in html and "<d>" not in html
     assert source_mix_html([]) == ""
+
+
+def test_source_sums_of_shards_merge_to_the_one_pass_bits():
+    from explorer.index import exact_sum
+    from explorer.index.merge import merge_pair
+    from explorer.index.pass_state import PassState
+
+    gen = torch.Generator().manual_seed(0)
+    f = torch.relu(torch.randn(8, 6, 10, generator=gen) * 3)  # (windows, seq, d_sae)
+    src = torch.randint(0, 3, (8, 6), generator=gen)
+    edges = torch.from_numpy(np.geomspace(1e-3, 100, 51).astype(np.float32))
+
+    def state(parts, sources=True):
+        run = PassState(10, 6, 4, torch.device("cpu"))
+        run.edges = edges
+        if sources:
+            run.track_sources(3)
+        for lo, hi in parts:
+            run.update(f[lo:hi].clone(), lo, src[lo:hi])
+        return run.state_dict()
+
+    one = state([(0, 8)])
+    merged = merge_pair(state([(0, 3)]), state([(3, 5), (5, 8)]), 6)
+    assert torch.equal(merged["source_mass"], one["source_mass"])
+    expected = torch.stack([(f * (src == s)[..., None]).double().sum((0, 1)) for s in range(3)], 1)
+    torch.testing.assert_close(exact_sum.to_float(one["source_mass"]).view(10, 3), expected)
+    with pytest.raises(ValueError, match="same windows"):
+        merge_pair(state([(0, 3)]), state([(3, 8)], sources=False), 6)

@@ -7,9 +7,10 @@ token numbers, so it is the unit that a split build merges across shards or rank
 into index files is `explorer.index.finalise`.
 
 Exact and mergeable (see shared/reference/scale-notes.md). Every running summary is one that
-two shards combine into what a single pass gives: counts, sums and histograms add, maxima
-take the max, top-N is the top-N of the union under a total order, samples are the bottom-k
-of a hash of (feature, token), co-occurrence counts add. Nothing depends on batch order.
+two shards combine into what a single pass gives: counts, sums and histograms add (sums in
+fixed point, explorer.index.exact_sum, so that no grouping changes a bit), maxima take the
+max, top-N is the top-N of the union under a total order, samples are the bottom-k of a hash
+of (feature, token), co-occurrence counts add (explorer.index.merge has the rules). Nothing depends on batch order.
 
 Keys. A float32 v > 0 has a bit pattern that, read as an int, orders like v. With
 token = window * window_len + position, the top key bits(v) << 32 | (2^32 - 1 - token) is one
@@ -29,7 +30,8 @@ matrix (upper triangle) when d_sae <= COOC_DENSE_MAX (256 MB), else into sorted 
 (pair, count) arrays.
 
 Source mix. With `track_sources(n)`, the pass also sums each feature's activation per corpus
-source (`source_mass`, float64, indexed feature * n + source): sums add, so it merges too.
+source (`source_limbs`, fixed point like `total`, indexed feature * n + source): sums add, so
+it merges too (state key "source_mass").
 
 Traces. Each stored example shows the feature's activation over its whole window, but a
 window's activations exist only while its batch is in memory. So whenever an entry enters a
@@ -42,6 +44,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+import explorer.index.exact_sum as exact_sum
 from explorer.index.format import N_BINS, SAMPLES_PER_BIN, IndexFormatError
 
 COOC_DENSE_MAX = 8192  # a dense int32 d_sae^2 count matrix up to here (256 MB), sparse above
@@ -187,6 +190,19 @@ def _active_pairs(t: Tensor, feat: Tensor, n_rows: int):
         yield ff[first], ff[first + 1 + within]
 
 
+def referenced_traces(top: Tensor, samples: Tensor, window_len: int) -> Tensor:
+    """Sorted trace keys (window * d_sae + feature) that an entry of the top buffer (d_sae, top_n)
+    or the sample buffer (d_sae * N_BINS, SAMPLES_PER_BIN) refers to."""
+    d, L, dev = top.shape[0], window_len, top.device
+    used = top != EMPTY
+    _, top_tok = decode_top_keys(-top[used])
+    top_wf = (top_tok // L) * d + torch.arange(d, device=dev)[:, None].expand_as(top)[used]
+    used = samples != EMPTY
+    samp_tok = samples[used] & LOW32
+    samp_feat = (torch.arange(d * N_BINS, device=dev) // N_BINS)[:, None].expand_as(samples)[used]
+    return torch.unique(torch.cat([top_wf, (samp_tok // L) * d + samp_feat]))
+
+
 # --------------------------------------------------------------------------- growing stores
 
 
@@ -259,7 +275,7 @@ class _SparseCounts:
 
 # state_dict key -> attribute, for the tensors saved as they are. The keys are the checkpoint
 # format (state.safetensors), so they stay as they are when attributes are renamed.
-_SAVED_AS_IS = {"count": "count", "total": "total", "vmax": "vmax", "hist": "hist", "top": "top",
+_SAVED_AS_IS = {"count": "count", "total": "total_limbs", "vmax": "vmax", "hist": "hist", "top": "top",
                 "samp": "samples", "samp_vals": "sample_values", "edges": "edges"}
 
 
@@ -270,7 +286,7 @@ class PassState:
         self.d_sae, self.window_len, self.top_n, self.device = d_sae, window_len, top_n, device
         i64 = {"dtype": torch.int64, "device": device}
         self.count = torch.zeros(d_sae, **i64)
-        self.total = torch.zeros(d_sae, dtype=torch.float64, device=device)
+        self.total_limbs = exact_sum.zeros(d_sae, device)  # (2, d_sae): sums of activations
         self.vmax = torch.zeros(d_sae, dtype=torch.float32, device=device)
         self.hist = torch.zeros(d_sae * N_BINS, **i64)
         self.top = torch.full((d_sae, top_n), EMPTY, **i64)  # negated top keys, ascending
@@ -284,13 +300,18 @@ class PassState:
         self.edges: Tensor | None = None  # (N_BINS + 1,) float32, fixed at the first batch
         self.windows_done = 0
         self.n_tokens = 0
-        self.source_mass: Tensor | None = None  # (d_sae * n_sources,) float64 once track_sources is called
+        self.source_limbs: Tensor | None = None  # (2, d_sae * n_sources) once track_sources is called
         self.n_sources = 0
 
     def track_sources(self, n_sources: int) -> None:
         """Also sum each feature's activation per corpus source (ids 0..n_sources-1)."""
         self.n_sources = n_sources
-        self.source_mass = torch.zeros(self.d_sae * n_sources, dtype=torch.float64, device=self.device)
+        self.source_limbs = exact_sum.zeros(self.d_sae * n_sources, self.device)
+
+    @property
+    def source_mass(self) -> Tensor | None:
+        """(d_sae * n_sources,) float64 activation sums per (feature, source), or None."""
+        return None if self.source_limbs is None else exact_sum.to_float(self.source_limbs)
 
     def update(self, f: Tensor, first_window: int, source: Tensor | None = None) -> None:
         """Fold in one batch: f (batch, seq, d_sae) float32 with masked positions zeroed;
@@ -302,10 +323,10 @@ class PassState:
         tokens = first_window * L + t
 
         self.count += torch.bincount(feat, minlength=d)
-        self.total.index_add_(0, feat, vals.to(torch.float64))
+        exact_sum.add_values(self.total_limbs, feat, vals)
         self.vmax.scatter_reduce_(0, feat, vals, reduce="amax")
-        if self.source_mass is not None and source is not None:
-            self.source_mass.index_add_(0, feat * self.n_sources + source.reshape(-1)[t], vals.to(torch.float64))
+        if self.source_limbs is not None and source is not None:
+            exact_sum.add_values(self.source_limbs, feat * self.n_sources + source.reshape(-1)[t], vals)
         cell = feat * N_BINS + _hist_bins(vals, self.edges)  # (feature, bin)
         self.hist += torch.bincount(cell, minlength=d * N_BINS)
 
@@ -328,17 +349,14 @@ class PassState:
             else:
                 self.cooc_sparse.add(i * d + j)
 
+    @property
+    def total(self) -> Tensor:
+        """(d_sae,) float64 sum of each feature's activations."""
+        return exact_sum.to_float(self.total_limbs)
+
     def referenced(self) -> Tensor:
         """Sorted trace keys (window * d_sae + feature) that some buffer entry refers to."""
-        d, L = self.d_sae, self.window_len
-        feats = torch.arange(d, device=self.device)
-        used = self.top != EMPTY
-        _, top_tok = decode_top_keys(-self.top[used])
-        top_wf = (top_tok // L) * d + feats[:, None].expand_as(self.top)[used]
-        used = self.samples != EMPTY
-        samp_tok = self.samples[used] & LOW32
-        samp_feat = (torch.arange(d * N_BINS, device=self.device) // N_BINS)[:, None].expand_as(self.samples)[used]
-        return torch.unique(torch.cat([top_wf, (samp_tok // L) * d + samp_feat]))
+        return referenced_traces(self.top, self.samples, self.window_len)
 
     def cooc_pairs(self) -> tuple[Tensor, Tensor]:
         """(keys i * d_sae + j with i < j, counts) of every co-occurring pair."""
@@ -358,8 +376,8 @@ class PassState:
         state = {key: getattr(self, attr) for key, attr in _SAVED_AS_IS.items()}
         state.update({"cooc_keys": cooc_keys, "cooc_counts": cooc_counts, "trace_keys": keys,
                       "trace_lens": lens, "trace_pos": pos, "trace_vals": vals})
-        if self.source_mass is not None:
-            state["source_mass"] = self.source_mass
+        if self.source_limbs is not None:
+            state["source_mass"] = self.source_limbs
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -377,7 +395,7 @@ class PassState:
         self.traces = _Traces(self.device)
         self.traces.chunks = [(s["trace_keys"], s["trace_lens"], s["trace_pos"], s["trace_vals"])]
         self.traces.n_rows = len(s["trace_keys"])
-        if self.source_mass is not None:
-            if s.get("source_mass") is None or s["source_mass"].shape != self.source_mass.shape:
+        if self.source_limbs is not None:
+            if s.get("source_mass") is None or s["source_mass"].shape != self.source_limbs.shape:
                 raise IndexFormatError("checkpoint lacks the per-source sums this build keeps; delete the .partial folder")
-            self.source_mass = s["source_mass"]
+            self.source_limbs = s["source_mass"]
