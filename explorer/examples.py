@@ -62,8 +62,11 @@ class StoryFeature:
     what: str  # one line for the page
 
 
-STORY = StoryFeature(1422, "4x", "fires on error names in tracebacks; clamped, a correct program's output becomes "
-                                 "an error message")
+# Found by clamping each of 17 error-related features (by label and top tokens) at 4x its max on
+# CORRECT_PROGRAM, greedy, 20 tokens: only #1422 turned the output into an error message
+# ('python:5: parse: exception: syntax: invalid syntax: ...'); unclamped it prints JSON-like text.
+STORY = StoryFeature(1422, "4x", "fires on 'Error' in tracebacks; clamped at 4x its max after a correct program, "
+                                 "the model writes an error message instead of the output")
 
 
 def story_queries(story: StoryFeature = STORY) -> tuple[dict[str, str], dict[str, str]]:
