@@ -11,7 +11,8 @@ pass of matrix products. `FeatureMap.method` says which was used.
 
 `save_map(index_dir, fmap)` writes MAP_FILE into the index folder (atomically), with the
 parameters and the fingerprint of the SAE it was made from; `load_map(index_dir)` reads it
-back, None when there is none, MapError when it is damaged or belongs to another SAE.
+back, None when there is none, MapError when it is damaged or belongs to another SAE. A
+rebuild of the index for the same SAE keeps the map (`carry_over_map`).
 
 What a page draws: `shown_points` (every feature up to MAX_POINTS, else a sample stratified by
 density) and `density_grid` (a 2D histogram of all of them, for the sampled case).
@@ -132,6 +133,17 @@ def save_map(index_dir: str | Path, fmap: FeatureMap) -> Path:
     with replacing(file) as tmp:
         tmp.write_bytes(data)
     return file
+
+
+def carry_over_map(old_dir: Path, new_dir: Path, sae_fingerprint: str) -> None:
+    """Copy the map of the index being replaced into its rebuild when both are of the same SAE:
+    the map depends on the SAE's weights only. Any other map is left behind with the old folder."""
+    try:
+        fmap = load_map(old_dir, sae_fingerprint=sae_fingerprint)
+    except MapError:
+        return
+    if fmap is not None and fmap.sae_fingerprint == sae_fingerprint:
+        save_map(new_dir, fmap)
 
 
 def load_map(index_dir: str | Path, d_sae: int | None = None, sae_fingerprint: str | None = None) -> FeatureMap | None:

@@ -43,7 +43,7 @@ def dominant_sources(ws) -> np.ndarray | None:
 def no_map(ws) -> None:
     st.info(f"This index has no feature map yet. Make one (once; it is stored in the index folder) with "
             f"`explorer map --index {ws.index.path} --sae {ws.sae_source}`, then reload this page. "
-            "About 5 minutes for 4,608 features on 2 CPU cores.", icon=":material/map:")
+            "UMAP takes minutes on a CPU, more on a busy one.", icon=":material/map:")
 
 
 def figure(ws, fmap, colour: str, shown: np.ndarray):

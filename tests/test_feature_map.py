@@ -88,6 +88,9 @@ def test_map_command_stores_the_map_for_the_index_sae_only(tmp_path, capsys):
     assert "40 features, umap (seed 3)" in capsys.readouterr().out
     fmap = load_map(index, d_sae=40, sae_fingerprint=sae_fingerprint(tmp_path / "sae"))
     assert fmap.params.seed == 3 and fmap.sae_fingerprint == sae_fingerprint(tmp_path / "sae")
+    build_index(lm, sae, Windows(tokens[:4], np.arange(4), np.zeros(4, np.int64)), index,
+                sae_path_fingerprint=sae_fingerprint(tmp_path / "sae"), progress=False)
+    assert np.array_equal(load_map(index).x, fmap.x)  # a rebuild for the same SAE keeps the map
 
     save_sae(random_sae(32, 40, hook_name=HOOK, seed=9), tmp_path / "other")
     with pytest.raises(SystemExit) as stop:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from explorer.feature_map import carry_over_map
 from explorer.files import replacing_dir
 from explorer.hooks import residual_directions
 from explorer.index.format import (
@@ -306,6 +307,7 @@ def write_index(out: Path, run: PassState, lm, sae, windows, manifest: dict) -> 
         # After the files it records (not the user labels: they change after the build).
         (tmp / MANIFEST_FILE).write_text(manifest_text({**manifest, "files": file_records(tmp)}), encoding="utf-8")
         carry_over(out, tmp, manifest["sae_fingerprint"], d)  # user labels outlive rebuilds
+        carry_over_map(out, tmp, manifest["sae_fingerprint"])  # so does the feature map (it needs only the SAE)
     notice = UserLabels(out, manifest["sae_fingerprint"], d).notice()
     if notice:  # labels of another SAE were kept aside (now, or by an earlier rebuild)
         log.warning("%s", notice)
