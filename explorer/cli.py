@@ -26,6 +26,7 @@ from explorer.commands import (
     cmd_export,
     cmd_index,
     cmd_serve,
+    cmd_map,
     cmd_steer,
     cmd_train,
     cmd_windows,
@@ -217,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-windows", type=count, default=16)
     add_workspace_args(p, index=False)
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("map", help="lay every feature out in 2D (UMAP of decoder directions) and store the map "
+                                   "with the index, for the app's Feature map page")
+    p.add_argument("--index", help="feature index folder (default: $EXPLORER_INDEX, else the demo index)")
+    p.add_argument("--sae", help="the SAE folder the index was built with (default: $EXPLORER_SAE, else the demo SAE)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same map")
+    p.set_defaults(func=cmd_map)
 
     p = sub.add_parser("export", help="export feature cards as JSON, Markdown, HTML or PNG, or for Neuronpedia")
     p.add_argument("features", type=int, nargs="*")

@@ -269,6 +269,27 @@ def cmd_index(args) -> None:
                       sae_path_fingerprint=ws.sae_id, force=args.force))
 
 
+def cmd_map(args) -> None:
+    """Lay the SAE's features out in 2D (explorer.feature_map) and store the map with its index."""
+    from explorer.feature_map import compute_map, save_map
+    from explorer.index.integrity import read_manifest
+    from explorer.sae_files import load_sae, sae_fingerprint
+    from explorer.workspace import DEMO_INDEX, DEMO_SAE
+
+    env = env_settings()
+    index = Path(args.index or env.index or DEMO_INDEX)
+    sae_path = args.sae or env.sae or DEMO_SAE
+    manifest = read_manifest(index)
+    fingerprint = sae_fingerprint(sae_path)
+    if fingerprint != manifest.sae_fingerprint:
+        raise CliError(f"The index at {index} was built for SAE {manifest.sae_fingerprint[:16]}, but {sae_path} is "
+                       f"{fingerprint[:16]}. Fix: pass the SAE the index was built with (--sae)")
+    sae = load_sae(sae_path)
+    fmap = compute_map(sae.W_dec, seed=args.seed)
+    fmap = dataclasses.replace(fmap, sae_fingerprint=fingerprint)
+    print(f"{save_map(index, fmap)}: {fmap.d_sae:,} features, {fmap.params.method} (seed {args.seed})")
+
+
 def index_inputs(args):
     """(workspace, windows) of `explorer index`."""
     from explorer.corpus import load_windows

@@ -6,6 +6,10 @@ Public names:
 - `Windows`, `tokenize_windows(docs, tokenizer)`: SAELens-style packing into `[n, window]` int32.
 - `save_windows` / `load_windows`: one .safetensors or .npz file, no pickle, atomic write.
 - `split_windows`: deterministic train / held-out split.
+- Source ids: when .jsonl / .csv rows carry a `source` field ("austen:Emma:12"), each document
+  keeps its source name (the part before the first ':', "austen"), and windows keep the source
+  id of every token (`Windows.source`, names in `Windows.source_names`), so the index can say
+  how a feature's activation splits over sources. Windows files without them still load.
 - `CorpusError`: every user-facing problem, with the fix in the message.
 """
 
@@ -32,6 +36,8 @@ TABLE_SUFFIXES = frozenset({".jsonl", ".csv", ".parquet"})
 # Files that mark a folder as written by `datasets.Dataset(Dict).save_to_disk`.
 DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 WINDOW_KEYS = ("tokens", "doc_id", "offset")
+SOURCE_FIELD = "source"  # the row field that names a document's source, as the demo corpus writes it
+MAX_SOURCES = 64  # more distinct source names than this give no source mix (the index keeps d_sae x n floats)
 
 
 class CorpusError(ValueError):
@@ -45,6 +51,8 @@ class Document:
     source: str
     """Where the text came from: a file path, or "name.jsonl:17" (jsonl line, 1-based; table row, 0-based)."""
     text: str
+    source_name: str = ""
+    """The row's own `source` field up to its first ':' ("austen" for "austen:Emma:12"); "" when it has none."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,9 +81,9 @@ def read_documents(path: str | Path, text_field: str = "text") -> Iterator[Docum
 
 def _numbered(texts: Iterator[tuple[str, str]], root: Path) -> Iterator[Document]:
     doc_id = 0
-    for source, text in texts:
+    for source, text, *name in texts:
         if text.strip():
-            yield Document(doc_id, source, text)
+            yield Document(doc_id, source, text, *name)
             doc_id += 1
     if doc_id == 0:
         raise CorpusError(f"Corpus {str(root)!r} holds no non-empty text. Point it at a file or folder "
@@ -151,7 +159,7 @@ def _read_jsonl(path: Path, field: str, label: str) -> Iterator[tuple[str, str]]
                 present = sorted(row) if isinstance(row, dict) else []
                 raise CorpusError(f"{label}:{lineno} has no field {field!r}; fields present: {present}. "
                                   f"Pass the right one as text_field.")
-            yield f"{label}:{lineno}", _as_text(row[field], label, lineno)
+            yield f"{label}:{lineno}", _as_text(row[field], label, lineno), _source_name(row.get(SOURCE_FIELD))
 
 
 def _read_csv(path: Path, field: str, label: str) -> Iterator[tuple[str, str]]:
@@ -164,7 +172,7 @@ def _read_csv(path: Path, field: str, label: str) -> Iterator[tuple[str, str]]:
             raise CorpusError(f"{label} has no column {field!r}; columns present: {list(columns)}. "
                               f"Pass the right one as text_field.")
         for row_index, row in enumerate(reader):
-            yield f"{label}:{row_index}", row[field] or ""
+            yield f"{label}:{row_index}", row[field] or "", _source_name(row.get(SOURCE_FIELD))
 
 
 def _read_batches(batches, columns: list[str], field: str, label: str) -> Iterator[tuple[str, str]]:
@@ -176,6 +184,10 @@ def _read_batches(batches, columns: list[str], field: str, label: str) -> Iterat
         for value in batch.column(field).to_pylist():
             yield f"{label}:{row_index}", _as_text(value, label, row_index)
             row_index += 1
+
+
+def _source_name(value: object) -> str:
+    return value.split(":", 1)[0].strip() if isinstance(value, str) else ""
 
 
 def _as_text(value: object, label: str, row: int) -> str:
@@ -229,13 +241,19 @@ class Windows:
     """(n,) int64: the document of each window's first corpus token."""
     offset: np.ndarray
     """(n,) int64: token offset of that first corpus token inside its document (its eos counts as the last token)."""
+    source: np.ndarray | None = None
+    """(n, window) uint8: the source id of every token's document (BOS takes its window's first
+    token's); None when the corpus names no sources."""
+    source_names: tuple[str, ...] = ()
+    """Name of each source id, sorted."""
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def __getitem__(self, index) -> Windows:
         """Select windows with a slice, an index array or a boolean mask."""
-        return Windows(self.tokens[index], self.doc_id[index], self.offset[index])
+        source = None if self.source is None else self.source[index]
+        return Windows(self.tokens[index], self.doc_id[index], self.offset[index], source, self.source_names)
 
 
 def tokenize_windows(docs: Iterable[Document], tokenizer, window: int = 128, max_windows: int | None = None,
@@ -259,16 +277,19 @@ def tokenize_windows(docs: Iterable[Document], tokenizer, window: int = 128, max
     out_tok: list[np.ndarray] = []
     out_doc: list[np.ndarray] = []
     out_off: list[np.ndarray] = []
+    out_src: list[np.ndarray] = []
+    source_ids: dict[str, int] = {}  # in order of first appearance; sorted at the end
     n_out = 0
     # Tokens carried over from the previous batch that did not fill a window yet.
     rest_tok = np.zeros(0, np.int64)
     rest_doc = np.zeros(0, np.int64)
     rest_off = np.zeros(0, np.int64)
+    rest_src = np.zeros(0, np.int64)
 
     progress = tqdm(desc="tokenizing", unit="win", total=max_windows, leave=False)
     for batch in _batched(docs, batch_docs):
         ids = tokenizer([d.text for d in batch], add_special_tokens=False)["input_ids"]
-        toks, doc_ids, offs = [rest_tok], [rest_doc], [rest_off]
+        toks, doc_ids, offs, srcs = [rest_tok], [rest_doc], [rest_off], [rest_src]
         for doc, doc_tokens in zip(batch, ids, strict=True):
             t = np.asarray(doc_tokens, dtype=np.int64)
             if eos_id is not None:
@@ -276,7 +297,9 @@ def tokenize_windows(docs: Iterable[Document], tokenizer, window: int = 128, max
             toks.append(t)
             doc_ids.append(np.full(len(t), doc.doc_id, np.int64))
             offs.append(np.arange(len(t), dtype=np.int64))
+            srcs.append(np.full(len(t), source_ids.setdefault(doc.source_name, len(source_ids)), np.int64))
         stream, stream_doc, stream_off = np.concatenate(toks), np.concatenate(doc_ids), np.concatenate(offs)
+        stream_src = np.concatenate(srcs)
 
         n_full = len(stream) // body
         if max_windows is not None:
@@ -286,9 +309,10 @@ def tokenize_windows(docs: Iterable[Document], tokenizer, window: int = 128, max
             out_tok.append(stream[:cut].reshape(n_full, body))
             out_doc.append(stream_doc[:cut:body])
             out_off.append(stream_off[:cut:body])
+            out_src.append(stream_src[:cut].reshape(n_full, body))
             n_out += n_full
             progress.update(n_full)
-        rest_tok, rest_doc, rest_off = stream[cut:], stream_doc[cut:], stream_off[cut:]
+        rest_tok, rest_doc, rest_off, rest_src = stream[cut:], stream_doc[cut:], stream_off[cut:], stream_src[cut:]
         if max_windows is not None and n_out >= max_windows:
             break
     progress.close()
@@ -298,9 +322,28 @@ def tokenize_windows(docs: Iterable[Document], tokenizer, window: int = 128, max
         tokens = np.concatenate([np.full((len(tokens), 1), bos_id, np.int64), tokens], axis=1)
     if len(tokens) == 0:
         log.warning("The corpus is shorter than one window of %d tokens; no windows were made.", window)
+    source, names = _token_sources(out_src, source_ids, bos_id is not None, body)
     return Windows(tokens.astype(np.int32),
                    np.concatenate(out_doc) if out_doc else np.zeros(0, np.int64),
-                   np.concatenate(out_off) if out_off else np.zeros(0, np.int64))
+                   np.concatenate(out_off) if out_off else np.zeros(0, np.int64), source, names)
+
+
+def _token_sources(parts: list[np.ndarray], ids: dict[str, int], bos: bool,
+                   body: int) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    """(n, window) uint8 source ids numbered by sorted name, or (None, ()) when no document named
+    a source or there are more than MAX_SOURCES."""
+    if set(ids) <= {""}:
+        return None, ()
+    if len(ids) > MAX_SOURCES:
+        log.warning("The corpus names %d sources (more than %d), so the index keeps no source mix. Use a "
+                    "coarser `source` field (the part before ':' is the name).", len(ids), MAX_SOURCES)
+        return None, ()
+    names = tuple(sorted(name or "(none)" for name in ids))
+    remap = np.array([names.index(name or "(none)") for name in ids], np.uint8)  # first-seen id -> sorted id
+    src = remap[np.concatenate(parts)] if parts else np.zeros((0, body), np.uint8)
+    if bos:
+        src = np.concatenate([src[:, :1], src], axis=1)  # BOS belongs to its window's first token
+    return src, names
 
 
 def _batched(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
@@ -320,6 +363,10 @@ def save_windows(w: Windows, path: str | Path) -> None:
     arrays = {"tokens": np.ascontiguousarray(w.tokens, np.int32),
               "doc_id": np.ascontiguousarray(w.doc_id, np.int64),
               "offset": np.ascontiguousarray(w.offset, np.int64)}
+    if w.source is not None:
+        arrays["source"] = np.ascontiguousarray(w.source, np.uint8)
+        # the names as UTF-8 JSON bytes: a plain array, so both formats hold them alike, unpickled
+        arrays["source_names"] = np.frombuffer(json.dumps(list(w.source_names)).encode(), np.uint8)
     suffix = path.suffix.lower()
     if suffix not in (".safetensors", ".npz"):
         raise CorpusError(f"Cannot save windows as {path.name!r}; use a .safetensors or .npz file name.")
@@ -349,8 +396,12 @@ def load_windows(path: str | Path) -> Windows:
     missing = [k for k in WINDOW_KEYS if k not in arrays]
     if missing:
         raise CorpusError(f"{path.name} is not a windows file: missing {missing}, found {sorted(arrays)}.")
+    source, names = None, ()
+    if "source" in arrays and "source_names" in arrays:  # older windows files have neither
+        source = arrays["source"].astype(np.uint8)
+        names = tuple(json.loads(arrays["source_names"].astype(np.uint8).tobytes().decode()))
     return Windows(arrays["tokens"].astype(np.int32), arrays["doc_id"].astype(np.int64),
-                   arrays["offset"].astype(np.int64))
+                   arrays["offset"].astype(np.int64), source, names)
 
 
 def split_windows(w: Windows, held_out_fraction: float = 0.05, seed: int = 0) -> tuple[Windows, Windows]:

@@ -26,6 +26,7 @@ page and every export:
   related), one `st.html` element each on the page; optionally a link to the
   feature's Neuronpedia page.
 - `card_page(card, source)`: the same parts as a standalone offline HTML page.
+- `source_mix_html(mix)`: the line and bar of how a card's activation splits over corpus sources.
 """
 
 from __future__ import annotations
@@ -300,6 +301,26 @@ def explanations_html(explanations: Sequence) -> str:
     return f'<div class="card-explanations">{"".join(rows)}</div>' if rows else ""
 
 
+def source_mix_html(mix: list[tuple[str, float]], top: int = 3) -> str:
+    """One line and a stacked bar: how the feature's activation mass splits over corpus sources
+    ("92% of activation in bugs"), the `top` largest and the rest as "other"; "" without sources."""
+    if not mix:
+        return ""
+    shown = list(mix[:top])
+    rest = sum(share for _, share in mix[top:])
+    if rest > 0:
+        shown.append(("other", rest))
+    name, share = mix[0]
+    words = ", ".join(f"{s:.0%} {escape(n)}" for n, s in shown[1:])
+    line = f"{share:.0%} of activation in {escape(name)}" + (f" ({words})" if words else "")
+    tints = ("#1f77b4", "#ff7f0e", "#2ca02c", "#bbbbbb")
+    bar = "".join(f'<span title="{escape(n)} {s:.1%}" style="display:inline-block;height:0.6em;'
+                  f'width:{100 * s:.2f}%;background:{tints[i] if n != "other" else tints[-1]}"></span>'
+                  for i, (n, s) in enumerate(shown))
+    return (f'<div class="source-mix" style="font-size:0.9em;margin-top:0.3em">{line}'
+            f'<div style="display:flex;width:18em;max-width:100%;margin-top:0.2em">{bar}</div></div>')
+
+
 def _card_top(card: FeatureCard, neuronpedia_url: str = "", explanations: Sequence = ()) -> str:
     auto = (f'<div style="{_MUTED};font-size:0.9em">Auto label: {escape(card.auto_label)}</div>'
             if card.auto_label and card.auto_label != card.label else "")
@@ -309,6 +330,7 @@ def _card_top(card: FeatureCard, neuronpedia_url: str = "", explanations: Sequen
                ("Mean activation", f"{card.mean_activation:.4g}"), ("Tokens scanned", f"{card.n_tokens:,}"))
     stats = "".join(f'<div><div style="{_MUTED};font-size:0.85em">{name}</div>'
                     f'<div style="font-size:1.8em">{value}</div></div>' for name, value in numbers)
+    auto += source_mix_html(card.source_mix)
     histogram = (f"<div {_HEAD}>Activation histogram (nonzero activations)</div>"
                  + histogram_html(card.hist_edges, card.hist_counts))
     return (f"<h2>{escape(feature_name(card.feature, card.label))}</h2>{auto}"

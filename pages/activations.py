@@ -1,10 +1,16 @@
-"""Token activations: which features fire on each token of a prompt."""
+"""Token activations: which features fire on each token of a prompt.
+
+On a first visit to the demo (no prompt yet), example prompts from the demo corpus's genres,
+one click each, and links to the feature of the seed's story (explorer.examples)."""
+
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from explorer.activations import MAX_PROMPT_TOKENS
 from explorer.attribution import attribute
+from explorer.examples import DEMO_PROMPTS, STORY, story_queries
 from explorer.links import MAX_PROMPT_CHARS
 from ui import cache, charts, links
 from ui.errors import shown_as_message
@@ -26,6 +32,8 @@ def activations_page() -> None:
     run = st.session_state.get("act_run")
     if run is None:
         st.info("Type a prompt and press **Analyse** to see which features fire on each token.")
+        if is_demo(ws):
+            first_visit(ws)
         return
     acts = analyse(ws, run)
     if acts is None:
@@ -56,6 +64,34 @@ def prompt_form(ws) -> None:
                            help="For instruct models: analyse the prompt as a user message.")
         if st.form_submit_button("Analyse", type="primary"):
             st.session_state["act_run"] = (text, chat)
+
+
+def is_demo(ws) -> bool:
+    """The demo SAE and index are loaded: the example prompts and the story are about them."""
+    from explorer.workspace import DEMO_INDEX, DEMO_SAE
+
+    return (ws.index is not None and ws.sae_source != "random" and Path(ws.sae_source).resolve() == DEMO_SAE.resolve()
+            and Path(ws.index.path).resolve() == DEMO_INDEX.resolve())
+
+
+def use_example(text: str) -> None:
+    st.session_state.update(act_prompt=text, act_chat=False, act_run=(text, False))
+
+
+def first_visit(ws) -> None:
+    """Example prompts (one click analyses one) and the seed's story: a feature that turns a
+    correct program's output into an error message."""
+    st.markdown("**New here? Try an example from the demo corpus:**")
+    with st.container(horizontal=True, key="act_examples"):
+        for ex in DEMO_PROMPTS:
+            st.button(ex.title, on_click=use_example, args=(ex.text,), help=f"{ex.genre}: {ex.source}")
+    card, steer = story_queries()
+    st.markdown(f"**The story:** feature #{STORY.feature} {md(ws.index.label(STORY.feature))} {STORY.what}.")
+    with st.container(horizontal=True, key="act_story"):
+        st.page_link(PAGES["feature"], label=f"Open the card of #{STORY.feature}", icon=":material/style:",
+                     query_params=card)
+        st.page_link(PAGES["steering"], label=f"Clamp #{STORY.feature} on a correct program", icon=":material/tune:",
+                     query_params=steer)
 
 
 def analyse(ws, run: tuple[str, bool]):

@@ -21,7 +21,8 @@ from ui.workspace import sidebar
 
 ROOT = Path(__file__).parent.parent  # app.py's folder
 # Paths relative to app.py, as st.page_link takes them.
-PAGES = {"activations": "pages/activations.py", "feature": "pages/feature.py", "steering": "pages/steering.py"}
+PAGES = {"activations": "pages/activations.py", "feature": "pages/feature.py", "steering": "pages/steering.py",
+         "map": "pages/map.py"}
 
 _router = threading.local()  # script runs are threads: one flag per run
 
@@ -33,6 +34,7 @@ def run() -> None:
         st.Page(ROOT / PAGES["activations"], title="Token activations", icon=":material/text_fields:", default=True),
         st.Page(ROOT / PAGES["feature"], title="Feature card", icon=":material/style:", url_path="feature"),
         st.Page(ROOT / PAGES["steering"], title="Steering", icon=":material/tune:", url_path="steering"),
+        st.Page(ROOT / PAGES["map"], title="Feature map", icon=":material/scatter_plot:", url_path="map"),
     ])
     with st.sidebar, shown_as_message("draw the sidebar"):
         sidebar()

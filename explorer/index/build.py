@@ -248,10 +248,12 @@ def _encode_batch(lm, sae, space, tokens: np.ndarray, lo: int, hi: int, bos: int
 
 def _run_pass(lm, sae, tokens: np.ndarray, run: PassState, bos: int | None, batch_size: int,
               checkpoint_every: int, checkpoint: Callable[[], None], on_batch: Callable[[int], None] | None,
-              progress: bool, batches: range | None = None, ready: dict | None = None) -> None:
+              progress: bool, batches: range | None = None, ready: dict | None = None,
+              sources: np.ndarray | None = None) -> None:
     """Fold the windows from `run.windows_done` on into `run`, batch by batch, checkpointing.
     `batches` (default: all) are the batch numbers of this process's shard; `ready` maps batch
-    numbers to their `_encode_batch` result where that was already computed."""
+    numbers to their `_encode_batch` result where that was already computed; `sources` (n, seq)
+    are the corpus source ids of every token, when the pass tracks them."""
     n_windows, L = tokens.shape
     batches = range(math.ceil(n_windows / batch_size)) if batches is None else batches
     first_window = min(batches.start * batch_size, n_windows)
@@ -266,7 +268,8 @@ def _run_pass(lm, sae, tokens: np.ndarray, run: PassState, bos: int | None, batc
         f, skip = (ready or {}).pop(number, None) or _encode_batch(lm, sae, space, tokens, lo, hi, bos)
         if run.edges is None:
             run.edges = torch.from_numpy(_hist_edges(_calibrated_hi(float(f.max())))).to(f.device)
-        run.update(f, lo)
+        source = None if sources is None else torch.from_numpy(sources[lo:hi].astype(np.int64)).to(f.device)
+        run.update(f, lo, source)
         run.windows_done = hi
         run.n_tokens += (hi - lo) * L - int(skip.sum())
         done_here += (hi - lo) * L
@@ -321,6 +324,10 @@ def build_index(
                 "hist_range": list(hist_range) if hist_range else None, "n_quantiles": N_QUANTILES,
                 "samples_per_bin": SAMPLES_PER_BIN, "skip_bos_token_id": bos,
                 "cooccurrence": run.cooc.mode}
+    sources = getattr(windows, "source", None)  # per-token source ids (explorer.corpus), if the corpus has them
+    if sources is not None:
+        run.track_sources(len(windows.source_names))
+        settings["source_names"] = list(windows.source_names)
     identity = _identity(lm, sae, windows, fingerprint, settings)
     if dist is not None:
         job = _SplitJob(dist, out, partial, identity, fingerprint, force, batch_size, hist_range, bos)
@@ -334,7 +341,7 @@ def build_index(
             run.edges = torch.from_numpy(_range_edges(hist_range)).to(sae.device)
 
         _run_pass(lm, sae, tokens, run, bos, batch_size, checkpoint_every,
-                  lambda: _save_checkpoint(partial, run, identity), on_batch, progress)
+                  lambda: _save_checkpoint(partial, run, identity), on_batch, progress, sources=sources)
 
         write_index(out, run, lm, sae, windows, _manifest(identity, run))
         shutil.rmtree(partial, ignore_errors=True)
@@ -425,7 +432,8 @@ def _build_split(job: _SplitJob, lm, sae, windows, run: PassState, checkpoint_ev
         run.edges = agreed
         run.windows_done = max(run.windows_done, first)
         _run_pass(lm, sae, tokens, run, job.bos, job.batch_size, checkpoint_every,
-                  lambda: _save_checkpoint(mine, run, identity), on_batch, progress and dist.rank == 0, batches, ready)
+                  lambda: _save_checkpoint(mine, run, identity), on_batch, progress and dist.rank == 0, batches, ready,
+                  sources=getattr(windows, "source", None))
         _save_checkpoint(mine, run, identity)  # the finished shard: a rerun skips it
         state = run.state_dict()
         waited = time.perf_counter()
@@ -464,6 +472,8 @@ def _merge_and_write(job: _SplitJob, lm, sae, windows, run: PassState, state: di
         n_tokens += meta["n_tokens"]
         rss.append(meta["peak_rss_bytes"])
     merged = PassState(run.d_sae, run.window_len, run.top_n, run.device)
+    if run.source_limbs is not None:
+        merged.track_sources(run.n_sources)
     merged.load_state_dict(state)
     merged.n_tokens, merged.windows_done = n_tokens, len(windows.tokens)
     seconds = time.perf_counter() - started

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from explorer import neighbours
+from explorer.feature_map import carry_over_map
 from explorer.files import replacing_dir
 from explorer.hooks import residual_directions
 from explorer.index.format import (
@@ -48,6 +49,7 @@ from explorer.index.format import (
     N_NEIGHBOURS,
     N_QUANTILES,
     SAMPLES_PER_BIN,
+    SOURCE_MASS,
     WINDOW_ARRAYS,
     WINDOWS_FILE,
 )
@@ -287,6 +289,10 @@ def write_index(out: Path, run: PassState, lm, sae, windows, manifest: dict) -> 
         **logits, "neighbour_ids": nb_ids, "neighbour_cos": nb_cos, "cooc_ids": co_ids, "cooc_jaccard": co_jac,
         "peak_token_ids": peak_ids,
     }
+    feature_names = FEATURE_ARRAYS
+    if run.source_mass is not None:  # optional: only corpora that name their sources have it
+        features[SOURCE_MASS] = run.source_mass.view(d, run.n_sources).cpu().numpy()
+        feature_names = FEATURE_ARRAYS + (SOURCE_MASS,)
     examples = {
         "ex_ptr": ex["ex_ptr"].astype(np.int64), "ex_window": window.astype(np.int64), "ex_position": position,
         "ex_activation": ex["ex_activation"], "ex_trace": ex_trace.astype(np.int64), "trace_ptr": trace_ptr,
@@ -299,7 +305,7 @@ def write_index(out: Path, run: PassState, lm, sae, windows, manifest: dict) -> 
     labels = _auto_labels(TokenText(lm.tokenizer), peak_ids, logits["logit_top_ids"])
 
     with replacing_dir(out) as tmp:
-        _save_arrays(tmp / FEATURES_FILE, features, FEATURE_ARRAYS)
+        _save_arrays(tmp / FEATURES_FILE, features, feature_names)
         _save_arrays(tmp / EXAMPLES_FILE, examples, EXAMPLE_ARRAYS)
         _save_arrays(tmp / WINDOWS_FILE, win, WINDOW_ARRAYS)
         (tmp / LABELS_AUTO_FILE).write_text(json.dumps({"method": "explorer.labels.auto_label", "labels": labels},
@@ -307,6 +313,7 @@ def write_index(out: Path, run: PassState, lm, sae, windows, manifest: dict) -> 
         # After the files it records (not the user labels: they change after the build).
         (tmp / MANIFEST_FILE).write_text(manifest_text({**manifest, "files": file_records(tmp)}), encoding="utf-8")
         carry_over(out, tmp, manifest["sae_fingerprint"], d)  # user labels outlive rebuilds
+        carry_over_map(out, tmp, manifest["sae_fingerprint"])  # so does the feature map (it needs only the SAE)
     notice = UserLabels(out, manifest["sae_fingerprint"], d).notice()
     if notice:  # labels of another SAE were kept aside (now, or by an earlier rebuild)
         log.warning("%s", notice)

@@ -21,6 +21,7 @@ Per feature (a token fires a feature when its activation is > 0):
   edges[-1]), so the counts sum to the firing count;
 - the exact top-N examples in the total order (activation desc, window asc, position asc);
 - N_QUANTILES quantile groups over (0, max] with up to SAMPLES_PER_BIN random examples each;
+- when the corpus names sources, its activation sum per source (SOURCE_MASS, optional);
 - the N_COOCCURRING features it fires together with most, by Jaccard index
   C_ij / (C_ii + C_jj - C_ij) over tokens;
 - from the weights alone: the top and bottom N_LOGITS logit effects W_dec[i] @ W_U (W_U =
@@ -56,6 +57,9 @@ FEATURE_ARRAYS = ("count", "act_sum", "act_max", "hist_counts", "hist_edges", "q
 EXAMPLE_ARRAYS = ("ex_ptr", "ex_window", "ex_position", "ex_activation", "ex_trace",
                   "trace_ptr", "trace_pos", "trace_val")
 WINDOW_ARRAYS = ("window_ids", "tokens", "doc_id", "offset")
+# Optional, in FEATURES_FILE when the corpus named sources (names: manifest settings "source_names"):
+# each feature's activation sum per source, float64 (d_sae, n_sources).
+SOURCE_MASS = "source_mass"
 # Every file the build writes but the manifest; labels_user.json changes after the build.
 RECORDED_FILES = (FEATURES_FILE, EXAMPLES_FILE, WINDOWS_FILE, LABELS_AUTO_FILE)
 
@@ -94,6 +98,7 @@ ARRAY_SPECS: dict[str, tuple[tuple[str, ...], tuple[int | str, ...]]] = {
     "tokens": (("uint16", "int32"), ("n_used_windows", "window_len")),  # uint16 while the vocabulary fits
     "doc_id": (("int64",), ("n_used_windows",)),
     "offset": (("int64",), ("n_used_windows",)),
+    SOURCE_MASS: (("float64",), ("d_sae", "n_sources")),
 }
 
 REBUILD_HINT = "Fix: rebuild it with `explorer index` (or explorer.index.build_index)"

@@ -99,19 +99,28 @@ RULES: list[tuple[tuple[str, ...], Callable[[State, State], State]]] = [
     (("cooc_keys", "cooc_counts", "cooc_lost", "cooc_approximate"), _cooccurrence),
 ]
 # Traces come last: which survive depends on the merged top and sample buffers.
+# Optional keys: in both states or in neither (a build over a corpus that names its sources).
+OPTIONAL_RULES: list[tuple[tuple[str, ...], Callable[[State, State], State]]] = [
+    (("source_mass",), _each(_add_sums, "source_mass")),  # per (feature, source) sums: they add
+]
 
 
 def merge_pair(a: State, b: State, window_len: int) -> State:
     """The state of shards a and b together (CPU tensors, as PassState.state_dict gives them)."""
     known = {k for keys, _ in RULES for k in keys} | set(TRACE_KEYS)
+    optional = [(keys, rule) for keys, rule in OPTIONAL_RULES if all(k in a for k in keys)]
+    for keys, _ in OPTIONAL_RULES:
+        if any(k in a for k in keys) != any(k in b for k in keys):
+            raise ValueError(f"one shard's state has {list(keys)} and the other's has not: they were built from "
+                             "different windows files. Fix: build every shard from the same windows")
     for state in (a, b):
-        unknown = sorted(set(state) - known)
+        unknown = sorted(set(state) - known - {k for keys, _ in optional for k in keys})
         missing = sorted(known - set(state))
         if unknown or missing:
             raise ValueError(f"cannot merge a pass state with keys {unknown} unknown / {missing} missing: "
                              "each key needs one rule in explorer.index.merge.RULES")
     merged: State = {}
-    for _, rule in RULES:
+    for _, rule in RULES + optional:
         merged.update(rule(a, b))
     merged.update(_traces(a, b, merged, window_len))
     return merged

@@ -30,6 +30,10 @@ exact in a dense int32 matrix when d_sae <= COOC_DENSE_MAX (256 MB), exact in so
 (pair, count) arrays up to a stated number of distinct pairs, approximate (with a per-feature
 error bound) above it.
 
+Source mix. With `track_sources(n)`, the pass also sums each feature's activation per corpus
+source (`source_limbs`, fixed point like `total`, indexed feature * n + source): sums add, so
+it merges too (state key "source_mass").
+
 Traces. Each stored example shows the feature's activation over its whole window, but a
 window's activations exist only while its batch is in memory. So whenever an entry enters a
 top-N or sample buffer, its (window, feature) trace is kept sparsely (positions and float16
@@ -230,9 +234,22 @@ class PassState:
         self.edges: Tensor | None = None  # (N_BINS + 1,) float32, fixed at the first batch
         self.windows_done = 0
         self.n_tokens = 0
+        self.source_limbs: Tensor | None = None  # (2, d_sae * n_sources) once track_sources is called
+        self.n_sources = 0
 
-    def update(self, f: Tensor, first_window: int) -> None:
-        """Fold in one batch: f (batch, seq, d_sae) float32 with masked positions zeroed."""
+    def track_sources(self, n_sources: int) -> None:
+        """Also sum each feature's activation per corpus source (ids 0..n_sources-1)."""
+        self.n_sources = n_sources
+        self.source_limbs = exact_sum.zeros(self.d_sae * n_sources, self.device)
+
+    @property
+    def source_mass(self) -> Tensor | None:
+        """(d_sae * n_sources,) float64 activation sums per (feature, source), or None."""
+        return None if self.source_limbs is None else exact_sum.to_float(self.source_limbs)
+
+    def update(self, f: Tensor, first_window: int, source: Tensor | None = None) -> None:
+        """Fold in one batch: f (batch, seq, d_sae) float32 with masked positions zeroed;
+        `source` (batch, seq) int64 source ids, when sources are tracked."""
         B, L, d = f.shape
         flat = f.view(B * L, d)  # (tokens, d_sae)
         t, feat = (flat > 0).nonzero(as_tuple=True)  # sorted by token, then feature
@@ -242,6 +259,8 @@ class PassState:
         self.count += torch.bincount(feat, minlength=d)
         exact_sum.add_values(self.total_limbs, feat, vals)
         self.vmax.scatter_reduce_(0, feat, vals, reduce="amax")
+        if self.source_limbs is not None and source is not None:
+            exact_sum.add_values(self.source_limbs, feat * self.n_sources + source.reshape(-1)[t], vals)
         cell = feat * N_BINS + _hist_bins(vals, self.edges)  # (feature, bin)
         self.hist += torch.bincount(cell, minlength=d * N_BINS).to(self.hist.dtype)
 
@@ -286,6 +305,8 @@ class PassState:
         state = {key: getattr(self, attr) for key, attr in _SAVED_AS_IS.items()}
         state.update({**self.cooc.state_dict(), "trace_keys": keys,
                       "trace_lens": lens, "trace_pos": pos, "trace_vals": vals})
+        if self.source_limbs is not None:
+            state["source_mass"] = self.source_limbs
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -299,3 +320,7 @@ class PassState:
         self.traces = _Traces(self.device)
         self.traces.chunks = [(s["trace_keys"], s["trace_lens"], s["trace_pos"], s["trace_vals"])]
         self.traces.n_rows = len(s["trace_keys"])
+        if self.source_limbs is not None:
+            if s.get("source_mass") is None or s["source_mass"].shape != self.source_limbs.shape:
+                raise IndexFormatError("checkpoint lacks the per-source sums this build keeps; delete the .partial folder")
+            self.source_limbs = s["source_mass"]

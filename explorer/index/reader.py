@@ -27,7 +27,9 @@ from explorer.index.format import (
     LABELS_AUTO_FILE,
     N_KINDS,
     N_QUANTILES,
+    SOURCE_MASS,
     WINDOWS_FILE,
+    IndexFormatError,
     IndexManifest,
     IndexMismatchError,
 )
@@ -79,6 +81,8 @@ class FeatureCard:
     # True when the index counted co-occurrence approximately (past the exact bound; the
     # manifest's settings["cooccurrence"] states the error): explorer.index.cooccurrence
     cooccurrence_approximate: bool = False
+    # (source, share of the feature's activation mass), largest first; empty when the corpus named no sources
+    source_mix: list[tuple[str, float]] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         """Plain JSON-ready types (tuples become lists)."""
@@ -158,6 +162,31 @@ class FeatureIndex:
 
     def densities(self) -> np.ndarray:
         return self._array(self._features, "count") / max(self.manifest.n_tokens, 1)
+
+    def source_names(self) -> list[str]:
+        """The corpus sources of `source_masses`' columns; empty when the corpus named none."""
+        names = self.manifest.settings.get("source_names") or []
+        return [str(n) for n in names] if SOURCE_MASS in self._features.keys() else []  # noqa: SIM118
+
+    def source_masses(self) -> np.ndarray | None:
+        """(d_sae, n_sources) float64 activation sum per feature and source, or None."""
+        names = self.source_names()
+        if not names:
+            return None
+        mass = self._array(self._features, SOURCE_MASS)
+        if mass.shape != (self.d_sae, len(names)):
+            raise IndexFormatError(f"The index file {self.path / FEATURES_FILE} holds {SOURCE_MASS} of shape "
+                                   f"{list(mass.shape)}, but the manifest names {len(names)} sources for "
+                                   f"{self.d_sae} features. Fix: rebuild it with `explorer index`")
+        return mass
+
+    def _source_mix(self, f: int) -> list[tuple[str, float]]:
+        mass = self.source_masses()
+        if mass is None or mass[f].sum() <= 0:
+            return []
+        row, names = mass[f], self.source_names()
+        order = np.lexsort((np.arange(len(row)), -row))  # largest first, ties by name order
+        return [(names[i], float(row[i] / row.sum())) for i in order if row[i] > 0]
 
     # -- labels
 
@@ -342,6 +371,7 @@ class FeatureIndex:
             neighbours=self._pairs(f, "neighbour_ids", "neighbour_cos"),
             cooccurring=self._pairs(f, "cooc_ids", "cooc_jaccard"),
             cooccurrence_approximate=str(self.manifest.settings.get("cooccurrence", "")).startswith("approximate"),
+            source_mix=self._source_mix(f),
         )
 
     def _logits(self, f: int, which: str) -> list[tuple[str, float]]:
