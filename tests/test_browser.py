@@ -81,21 +81,6 @@ def running_app(log: Path, roots: str):
             proc.wait()
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is not installed. Fix: apt-get install -y chromium (make test does it)"
-    # The tests load copies of the index from their tmp_path: the app opens only folders under its roots.
-    roots = os.pathsep.join([os.environ.get("EXPLORER_ROOTS") or str(ROOT), str(tmp_path_factory.getbasetemp())])
-    with running_app(tmp_path_factory.mktemp("server") / "streamlit.log", roots) as url:
-        yield url
-
-
-@pytest.fixture(scope="session")
-def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 class Tab:

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 import pytest
 import torch
-from test_browser import Tab, browser, generate_all, server  # noqa: F401  (fixtures)
+from test_browser import Tab, generate_all
 
 from explorer.links import LinkState, to_query
 from explorer.steering import Intervention, generate_pair
@@ -39,7 +39,7 @@ def shown(text: str) -> str:
     return " ".join(text.split())  # as the page's text box reads back
 
 
-def test_eight_sessions_generate_at_once(browser, server):  # noqa: F811
+def test_eight_sessions_generate_at_once(browser, server):
     states = [session(i) for i in range(8)]
     tabs = [Tab(browser, server) for _ in states]
     try:
