@@ -21,26 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explorer.explain import explain_index  # noqa: E402
 from explorer.files import write_json  # noqa: E402
+from explorer.examples import CORRECT_PROGRAM  # noqa: E402
 from explorer.index import FeatureIndex  # noqa: E402
 from explorer.llm_client import LocalChat  # noqa: E402
 from explorer.scoring import LocalJudge, negative_pool  # noqa: E402
 from explorer.steering import GenerationSettings, Intervention, generate_pair  # noqa: E402
 from explorer.workspace import DEMO_INDEX, open_workspace  # noqa: E402
 
-PROGRAM = '''import json
-
-settings = {"port": 8080, "hosts": ["a", "b"]}
-
-
-def first_host(cfg):
-    return cfg["hosts"][0]
-
-
-text = json.dumps(settings)
-print(first_host(json.loads(text)), settings["port"] // 2)
-
-$ python main.py
-'''
+PROGRAM = CORRECT_PROGRAM  # the first-visit page's program, whose output these clamps turn into errors
 ERROR_WORDS = ("Error", "Traceback", "Exception")
 
 
