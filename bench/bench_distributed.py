@@ -27,21 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from bench_index import random_windows  # bench/ is on sys.path when run as a script
 
-from explorer.corpus import Windows, save_windows
+from explorer.corpus import save_windows
 from explorer.model import resolve_source
 
 ROOT = Path(__file__).resolve().parents[1]
 INDEX_FILES = ("features.safetensors", "examples.safetensors", "windows.safetensors", "labels_auto.json")
-
-
-def random_windows(tokenizer, n: int, length: int, seed: int = 0) -> Windows:
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, len(tokenizer), size=(n, length)).astype(np.int32)
-    if tokenizer.bos_token_id is not None:
-        tokens[:, 0] = tokenizer.bos_token_id
-    return Windows(tokens, np.arange(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
 
 
 def build(n: int, windows_file: Path, out: Path, batch_windows: int) -> tuple[float, dict]:

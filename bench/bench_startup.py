@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from playwright.sync_api import sync_playwright  # noqa: E402
-from test_browser import CHROMIUM, CHROMIUM_ARGS, free_port  # noqa: E402
+from test_browser import CHROMIUM, CHROMIUM_ARGS, free_port, stop  # noqa: E402
 
 FLAGS = ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
 LIMIT_S = 600
@@ -83,12 +83,7 @@ def one_start(browser, mode: str, log: Path, root: Path) -> tuple[float, float]:
         context.close()
         return health, drawn
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def main() -> None:

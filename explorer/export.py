@@ -157,14 +157,8 @@ def steering_to_json(result: SteeringResult, *, labels: dict[int, str] | None = 
 
 
 def _intervention_json(iv, labels: dict[int, str]) -> dict:
-    out = {
-        "feature": int(iv.feature),
-        "label": labels.get(iv.feature, ""),
-        "mode": iv.mode,
-        "value": _num(iv.value),
-        "relative": bool(iv.relative),
-        "description": iv.describe(),
-    }
+    out = {"feature": int(iv.feature), "label": labels.get(iv.feature, ""), "mode": iv.mode,
+           "value": _num(iv.value), "relative": bool(iv.relative), "description": iv.describe()}
     if iv.condition is not None:
         out["condition"] = {**dataclasses.asdict(iv.condition), "threshold": _num(iv.condition.threshold)}
     return out
