@@ -11,6 +11,7 @@ On a first start the demo model is converted here too, with a progress bar.
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import threading
@@ -22,6 +23,13 @@ APP = Path(__file__).resolve().parent.parent / "app.py"
 
 def preload() -> None:
     """Load the default workspace into the app's cache; on failure say so (the app shows why too)."""
+    try:
+        _load()
+    finally:
+        gc.enable()  # main() turned it off; get_workspace has frozen what the load left
+
+
+def _load() -> None:
     start = time.perf_counter()
     try:
         # Imported here, in this thread: the server's own imports go on meanwhile.
@@ -42,6 +50,10 @@ def preload() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # The imports of torch, transformers and streamlit make a few hundred thousand objects
+    # that live as long as the process; collecting while they are made costs ~0.5 s of the
+    # first page's wait. preload() turns collection back on when the load is done.
+    gc.disable()
     threading.Thread(target=preload, name="preload-workspace", daemon=True).start()
     from streamlit.web import cli
 
