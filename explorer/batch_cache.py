@@ -3,9 +3,10 @@
 Rows are left-padded: every row's newest token sits in the last column, and a
 (rows, columns) mask says which columns hold real tokens. Each row also keeps
 its own next position, so rotary and learned position embeddings see the
-positions the row would have alone. A request joins the batch after its own
-prefill (`join` pads the shorter side on the left), rows leave with `keep`
-(which also drops columns that are padding for every remaining row).
+positions the row would have alone. The requests that arrive together are
+prefilled as one batch, left-padded to the longest prompt (`prefill_args`), then
+join the decoding batch (`join` pads the shorter side on the left); rows leave
+with `keep` (which also drops columns that are padding for every remaining row).
 
 While no row is padded the forward gets no mask and no positions, exactly as a
 batch of one prompt does (`forward_args`), so a request decoded alone is
@@ -30,10 +31,13 @@ class BatchCache:
 
     `kwargs` is the cache as the model's forward takes it (model.new_cache)."""
 
-    def __init__(self, kwargs: dict, n_rows: int, length: int, device: torch.device):
+    def __init__(self, kwargs: dict, pads: list[int], length: int, device: torch.device):
+        """Rows whose prompts, each left-padded by its `pads` entry, fill `length` columns:
+        the state after their prefill (`prefill_args`) has run."""
         self.kwargs = kwargs
-        self.mask = torch.ones(n_rows, length, dtype=torch.long, device=device)  # (rows, columns)
-        self.positions = torch.full((n_rows,), length, dtype=torch.long, device=device)  # each row's next position
+        pad = torch.tensor(pads, dtype=torch.long, device=device)
+        self.mask = (torch.arange(length, device=device)[None] >= pad[:, None]).long()  # (rows, columns)
+        self.positions = length - pad  # each row's next position
 
     @property
     def cache(self):
@@ -46,6 +50,12 @@ class BatchCache:
     @property
     def padded(self) -> bool:
         return not bool(self.mask.all())
+
+    def prefill_args(self) -> dict:
+        """The keyword arguments of the prefill of every row's (left-padded) prompt."""
+        if not self.padded:
+            return dict(self.kwargs)
+        return {**self.kwargs, "attention_mask": self.mask, "position_ids": (self.mask.cumsum(1) - 1).clamp(min=0)}
 
     def forward_args(self) -> dict:
         """The keyword arguments of a one-token decoding step of every row."""

@@ -12,10 +12,11 @@ steered generation and every prompt's forward pass, many users' rows in one batc
   Its input is checked at `submit`, which raises SteeringError.
 - Continuous batching: every decoding step runs the active rows of all requests
   as one batch, at most `max_rows_per_step` rows (a larger request runs alone).
-  A request's rows join after their own prefill and leave at end of text, at
-  max_new_tokens, at their stop condition or when cancelled. Prompts of different
-  lengths are left-padded and masked (explorer.batch_cache); each request's rows
-  go through their own RowEdit, so rows never see another request's edits.
+  The requests taken together are prefilled as one batch; their rows then join
+  the decoding batch and leave at end of text, at max_new_tokens, at their stop
+  condition or when cancelled. Prompts of different lengths are left-padded and
+  masked (explorer.batch_cache); each request's rows go through their own
+  RowEdit, so rows never see another request's edits.
 - First come, first served: a request waits until its rows fit under the cap.
   With `max_waiting` requests already waiting, `submit` raises SchedulerBusy.
 - `Ticket.cancel()`, or closing its `events()`/`steps()`/`tokens()` generator,
@@ -199,8 +200,9 @@ class Scheduler:
                     prefills = [job for job in jobs if isinstance(job, _Prefill)]
                     if prefills:
                         self._prefill_only(prefills)
-                    for request in (job for job in jobs if isinstance(job, _Request)):
-                        self._start(request)
+                    requests = [job for job in jobs if isinstance(job, _Request)]
+                    if requests:
+                        self._start(requests)
                     self._drop_cancelled()
                     if self._rows:
                         self._decode()
@@ -245,37 +247,69 @@ class Scheduler:
         with self.lm.lock, hooked(self.lm.model, {self.sae.cfg.hook_name: self._space.wrap(edit)}):
             return self.lm.model(ids, use_cache=True, **kwargs)
 
-    def _start(self, request: _Request) -> None:
-        """Prefill a request's rows as their own batch, sample their first tokens, join the batch."""
-        if request.ticket.cancelled:
-            self._finish(request, [TokenEvent(r, None, "cancelled") for r in range(len(request.rows))])
+    def _start(self, requests: list[_Request]) -> None:
+        """Prefill the rows of the requests just taken as one batch, left-padded to the longest
+        prompt, sample their first tokens, and join them to the decoding batch. If that forward
+        fails, each request is tried alone, so only the one at fault ends with the error."""
+        live = [r for r in requests if not r.ticket.cancelled]
+        for request in requests:
+            if request.ticket.cancelled:
+                self._finish(request, [TokenEvent(r, None, "cancelled") for r in range(len(request.rows))])
+        if not live:
             return
-        n, length = len(request.rows), request.ids.shape[1]
-        cache = new_cache(self.lm.model)
+        length = max(r.ids.shape[1] for r in live)
+        pads = [length - r.ids.shape[1] for r in live]
+        pad_id = self.lm.tokenizer.pad_token_id or 0
+        ids = torch.cat([torch.nn.functional.pad(r.ids, (pad, 0), value=pad_id).repeat(len(r.rows), 1)
+                         for r, pad in zip(live, pads)])
+        batch = BatchCache(new_cache(self.lm.model), [pad for r, pad in zip(live, pads) for _ in r.rows], length,
+                           self.lm.device)  # the prompts' columns, before the prefill fills them
         try:
-            out = self._forward(request.edit, request.ids.repeat(n, 1), logits_to_keep=1, **cache)
+            out = self._forward(self._prefill_edit(live, pads), ids, logits_to_keep=1, **batch.prefill_args())
         except Exception as err:
-            request.ticket.fail(err)
+            if len(live) > 1:
+                for request in live:
+                    self._start([request])
+            else:
+                live[0].ticket.fail(err)
             return
-        request.edit.generated = True
-        device = self.lm.device
-        rows = [_LiveRow(request, r, torch.Generator(device=device).manual_seed(row.settings.seed))
-                for r, row in enumerate(request.rows)]
-        batch = BatchCache(cache, n, length, device)
-        events: list[TokenEvent] = []
+        rows = [_LiveRow(r, i, torch.Generator(device=self.lm.device).manual_seed(row.settings.seed))
+                for r in live for i, row in enumerate(r.rows)]
+        events: dict[int, list[TokenEvent]] = {id(r): [] for r in live}
         for j, row in enumerate(rows):
-            self._advance(row, out.logits[j, -1], events)
-        keep = [j for j, row in enumerate(rows) if row.index not in request.ended]
-        self._emit(request, events)
+            row.request.edit.generated = True
+            self._advance(row, out.logits[j, -1], events[id(row.request)])
+        for request in live:
+            self._emit(request, events[id(request)])
+        keep = [j for j, row in enumerate(rows) if row.index not in row.request.ended]
         if not keep:
             return
-        if len(keep) < n:
+        if len(keep) < len(rows):
             batch.keep(keep)
         self._rows += [rows[j] for j in keep]
         if self._batch is None:
             self._batch = batch
         else:
             self._batch.join(batch)
+
+    def _prefill_edit(self, requests: list[_Request], pads: list[int]):
+        """The hook edit of a batched prefill: each request's RowEdit on its own rows (they are
+        contiguous), from the first column of its prompt: its edit never sees the padding."""
+        spans, start = [], 0
+        for request, pad in zip(requests, pads):
+            spans.append((request, start, start + len(request.rows), pad))
+            start += len(request.rows)
+
+        def edit(act: torch.Tensor) -> torch.Tensor | None:
+            out = None
+            for request, start, stop, pad in spans:
+                new = request.edit(act[start:stop, pad:])
+                if new is not None:
+                    out = act.clone() if out is None else out
+                    out[start:stop, pad:] = new
+            return out
+
+        return edit
 
     def _advance(self, row: _LiveRow, logits: torch.Tensor, events: list[TokenEvent]) -> None:
         """Sample the row's next token from its logits (vocab,) and note whether the row ends."""

@@ -94,6 +94,29 @@ def test_concurrent_requests_each_equal_their_result_alone(model_type, steps):
     assert no_hooks_left(lm.model)
 
 
+def test_requests_that_wait_together_are_prefilled_as_one_padded_batch(lm, sae, monkeypatch):
+    prefills = []
+    real = BatchCache.prefill_args
+
+    def recording(self):
+        prefills.append((self.n_rows, self.padded))
+        return real(self)
+
+    requests = [(ids(lm, p), job(i)) for i, p in enumerate(PROMPTS[:4])]
+    expected = [alone(lm, sae, *r) for r in requests]
+    monkeypatch.setattr(BatchCache, "prefill_args", recording)
+    s = Scheduler(lm, sae)
+    with lm.lock:  # the worker takes the first request and waits here; the others queue meanwhile
+        first = s.submit(*requests[0])
+        time.sleep(0.2)
+        rest = [s.submit(*r) for r in requests[1:]]
+    got = [t.result(timeout=60) for t in [first, *rest]]
+    s.close()
+    assert got == expected
+    assert prefills == [(len(requests[0][1]), False), (sum(len(rows) for _, rows in requests[1:]), True)]
+    assert no_hooks_left(lm.model)
+
+
 def test_events_stream_each_rows_tokens_then_its_end(lm, sae):
     rows = [Row((), GenerationSettings(max_new_tokens=5, stop_at_eos=False)),
             Row((Intervention(3, "clamp", 25.0),), GenerationSettings(max_new_tokens=3, stop_at_eos=False))]
@@ -173,6 +196,28 @@ def test_an_error_in_a_forward_ends_its_requests_not_the_worker(lm, sae, monkeyp
     with pytest.raises(RuntimeError, match="edit failed"):
         bad.result(timeout=30)
     assert len(s.submit(ids(lm, "good"), [Row()]).result(timeout=30)) == 1
+    s.close()
+    assert no_hooks_left(lm.model)
+
+
+def test_an_error_in_a_batched_prefill_ends_only_the_request_at_fault(lm, sae, monkeypatch):
+    real = scheduler_module.RowEdit.__call__
+
+    def failing(self, act, present=None):
+        if any(e.feature == 13 for edits in self.rows for e in edits):
+            raise RuntimeError("edit failed")
+        return real(self, act, present)
+
+    monkeypatch.setattr(scheduler_module.RowEdit, "__call__", failing)
+    s = Scheduler(lm, sae)
+    with lm.lock:  # the worker waits with the first request; the next two are then prefilled together
+        first = s.submit(ids(lm, "first"), [Row()])
+        time.sleep(0.2)
+        bad = s.submit(ids(lm, "bad one"), [Row((Intervention(13, "clamp", 1.0),))])
+        good = s.submit(ids(lm, "a good request"), [Row((Intervention(14, "clamp", 1.0),))])
+    with pytest.raises(RuntimeError, match="edit failed"):
+        bad.result(timeout=30)
+    assert len(good.result(timeout=30)) == len(first.result(timeout=30)) == 1
     s.close()
     assert no_hooks_left(lm.model)
 
