@@ -1,12 +1,14 @@
 """Many users, one model: the scheduler's throughput and latency at N concurrent users.
 
-    python bench/bench_serving.py [--users 1 2 4 8] [--tokens 32] [--reps 3] [--sae data/demo/sae]
+    python bench/bench_serving.py [--users 1 2 4 8] [--rows 1] [--tokens 32] [--reps 3] [--sae data/demo/sae]
 
-Each user is a steering pair (the unclamped and the clamped row, as the app's
-Generate button asks for) with its own prompt and feature, `--tokens` new
-tokens per row, greedy, no stop at end of text. N users start at once (a
-barrier) and stream their tokens through `steering.stream_rows`, so every step
-of every user goes through the model's one scheduler.
+Each user asks for one steered completion (`--rows 1`, as a client of a steering
+preset through `explorer serve` does) or a steering pair (`--rows 2`: the
+unclamped and the clamped row, as the app's Generate button asks for), with its
+own prompt and feature, `--tokens` new tokens per row, greedy, no stop at end of
+text. N users start at once (a barrier) and stream their tokens through
+`steering.stream_rows`, so every step of every user goes through the model's one
+scheduler.
 
 Reported per N: the median wall time of its rounds (the Ns take turns, after one
 untimed round each), throughput (generated tokens per second) relative to one user, and p50/p95 over users and reps of the time to the first
@@ -47,12 +49,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def user_job(i: int) -> tuple[str, list[list[Intervention]]]:
-    return PROMPTS[i % len(PROMPTS)], [[], [Intervention(FEATURES[i % len(FEATURES)], "clamp", 10.0)]]
+def user_job(i: int, n_rows: int) -> tuple[str, list[list[Intervention]]]:
+    steered = [Intervention(FEATURES[i % len(FEATURES)], "clamp", 10.0)]
+    return PROMPTS[i % len(PROMPTS)], [steered] if n_rows == 1 else [[], steered]
 
 
-def one_user(lm, sae, i, settings, start: threading.Barrier, out: dict) -> None:
-    prompt, rows = user_job(i)
+def one_user(lm, sae, i, n_rows, settings, start: threading.Barrier, out: dict) -> None:
+    prompt, rows = user_job(i, n_rows)
     tokens: list[list[int]] = [[] for _ in rows]
     start.wait()
     t0 = time.perf_counter()
@@ -66,11 +69,11 @@ def one_user(lm, sae, i, settings, start: threading.Barrier, out: dict) -> None:
     out[i] = (first, time.perf_counter() - t0, tokens)
 
 
-def round_of(lm, sae, n: int, settings) -> tuple[float, dict]:
+def round_of(lm, sae, n: int, n_rows: int, settings) -> tuple[float, dict]:
     """N users at once: (wall seconds, user -> (first token s, last token s, tokens))."""
     out: dict = {}
     start = threading.Barrier(n + 1)
-    threads = [threading.Thread(target=one_user, args=(lm, sae, i, settings, start, out)) for i in range(n)]
+    threads = [threading.Thread(target=one_user, args=(lm, sae, i, n_rows, settings, start, out)) for i in range(n)]
     for t in threads:
         t.start()
     start.wait()
@@ -83,6 +86,8 @@ def round_of(lm, sae, n: int, settings) -> tuple[float, dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--rows", type=int, choices=(1, 2), default=1,
+                   help="completions per user: 1 steered (an API client), 2 a steering pair (the app's Generate)")
     p.add_argument("--tokens", type=int, default=32, help="new tokens per row")
     p.add_argument("--reps", type=int, default=3, help="timed rounds per N (after one warm-up round per N)")
     p.add_argument("--sae", default=None, help="SAE folder (default: the demo SAE)")
@@ -94,25 +99,26 @@ def main() -> None:
     ws = open_workspace("demo", sae=args.sae, progress=False)
     lm, sae = ws.lm, ws.sae
     print(f"# {ws.describe()}; Linear weights: {lm.layout}")
+    print(f"# {args.rows} row(s) per user, {args.tokens} new tokens per row")
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     settings = GenerationSettings(max_new_tokens=args.tokens, stop_at_eos=False)
     alone = {}
     for i in range(max(args.users)):
-        prompt, rows = user_job(i)
+        prompt, rows = user_job(i, args.rows)
         alone[i] = [c.token_ids for c in generate_rows(lm, sae, prompt, rows, settings)]
     # One untimed round per N first: oneDNN makes its kernels for each new batch shape
     # on first use, which a server pays once, not per request.
     for n in args.users:
-        round_of(lm, sae, n, settings)
+        round_of(lm, sae, n, args.rows, settings)
 
-    per_user_tokens = 2 * args.tokens
+    per_user_tokens = args.rows * args.tokens
     walls: dict[int, list[float]] = {n: [] for n in args.users}
     firsts: dict[int, list[float]] = {n: [] for n in args.users}
     lasts: dict[int, list[float]] = {n: [] for n in args.users}
     mismatches = 0
     for _ in range(args.reps):  # the Ns take turns, so a busy spell on a shared machine hits all of them
         for n in args.users:
-            wall, out = round_of(lm, sae, n, settings)
+            wall, out = round_of(lm, sae, n, args.rows, settings)
             walls[n].append(wall)
             for i, (first, last, tokens) in out.items():
                 firsts[n].append(first)
