@@ -185,6 +185,24 @@ def referenced_traces(top: Tensor, samples: Tensor, window_len: int) -> Tensor:
     return torch.unique(torch.cat([top_wf, (samp_tok // L) * d + samp_feat]))
 
 
+def _batch_traces(t: Tensor, feat: Tensor, vals: Tensor, entered: Tensor, shape: tuple[int, int, int],
+                  first_window: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(keys, lens, positions, values) of the trace of each (window, feature) that an active
+    entry in `entered` belongs to. Built from the batch's active entries (t, feat, vals, sorted
+    by (token, feature)), not from the dense batch: at 131k features a trace's values lie
+    scattered over the whole GB of it."""
+    n_windows, L, d = shape
+    local = (t // L) * d + feat  # window within the batch * d_sae + feature
+    keys = torch.unique(local[entered])
+    wanted = torch.zeros(n_windows * d, dtype=torch.bool, device=t.device)
+    wanted[keys] = True
+    rows = wanted[local].nonzero().squeeze(1)
+    rows = rows[torch.sort(local[rows], stable=True).indices]  # stable: positions stay ascending
+    lens = torch.unique_consecutive(local[rows], return_counts=True)[1]
+    values = vals[rows].clamp(max=65504.0).to(torch.float16)
+    return keys + first_window * d, lens, (t[rows] % L).to(torch.int32), values
+
+
 # --------------------------------------------------------------------------- growing stores
 
 
@@ -197,15 +215,9 @@ class _Traces:
         self.n_rows = 0
         self.prune_at = PRUNE_MIN
 
-    def add(self, keys: Tensor, entry_keys: Tensor, positions: Tensor, values: Tensor) -> None:
-        """The traces `keys` (sorted unique) from a batch's active entries: their trace keys,
-        positions and float32 values, sorted by (token, feature). Built from the entries, not
-        the dense batch, whose columns are scattered over a whole GB at 131k features."""
-        rows = torch.isin(entry_keys, keys).nonzero().squeeze(1)
-        rows = rows[torch.sort(entry_keys[rows], stable=True).indices]  # stable: positions stay ascending
-        lens = torch.unique_consecutive(entry_keys[rows], return_counts=True)[1]
-        vals = values[rows].clamp(max=65504.0).to(torch.float16)
-        self.chunks.append((keys, lens, positions[rows].to(torch.int32), vals))
+    def add(self, keys: Tensor, lens: Tensor, positions: Tensor, values: Tensor) -> None:
+        """Rows of traces: keys (n,), lens (n,), then positions int32 and float16 values, ragged."""
+        self.chunks.append((keys, lens, positions, values))
         self.n_rows += len(keys)
 
     def arrays(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -295,8 +307,7 @@ class PassState:
         # Traces of every (window, feature) that just entered a buffer, while the batch is here.
         entered = torch.cat([new_top, new_samp])
         if len(entered):
-            trace_key = (tokens // L) * d + feat  # window * d_sae + feature, per entry
-            self.traces.add(torch.unique(trace_key[entered]), trace_key, t % L, vals)
+            self.traces.add(*_batch_traces(t, feat, vals, entered, (B, L, d), first_window))
             if self.traces.n_rows > self.traces.prune_at:
                 self.traces.keep_only(self.referenced())
 
