@@ -8,7 +8,11 @@ records it as settings["cooccurrence"]):
 - "exact-dense" (d_sae <= pass_state.COOC_DENSE_MAX): an int32 matrix with a row and a column
   per feature and one for padding, 256 MB at 8,192 features; only cells i < j are used.
 - "exact-sparse" (wider SAEs): sorted unique int64 keys i * d_sae + j (i < j) and their counts,
-  while there are at most EXACT_MAX_PAIRS distinct pairs (16 bytes each: 512 MB).
+  while there are at most EXACT_MAX_PAIRS distinct pairs (16 bytes each: 512 MB). A batch's pair
+  keys wait unsummed (8 bytes each) until more of them wait than max(stored pairs,
+  _PENDING_MIN); then one sort sums them all in (`compact`), not one sort per batch. When that
+  happens decides the batch at which the form turns approximate, so past the bound the
+  summaries depend on _PENDING_MIN (within the same stated error bound).
 - "approximate": past that bound, each feature keeps a Misra-Gries summary of at most
   SUMMARY_SIZE partners (Misra & Gries 1982; merged as in Agarwal et al., "Mergeable
   summaries", 2012). A pair (i, j) is counted in i's summary and in j's. A summary over its
@@ -20,8 +24,8 @@ records it as settings["cooccurrence"]):
   plus a pending buffer of the same order, whatever the corpus.
 
 Work. A token with c active features makes c(c-1)/2 pairs. Rows (tokens) of similar length
-are padded into blocks, and each diagonal offset of a block is one vectorised op, so no pair
-index table is ever built. When a batch's pairs outweigh a dense matrix product (a few %
+are padded into blocks; the dense form adds each diagonal offset of a block in one vectorised
+op, the sparse forms gather a block's pairs at once by its upper-triangle indices. When a batch's pairs outweigh a dense matrix product (a few %
 density: ReLU and JumpReLU SAEs, TopK ones from about 64 of 4,608), the dense counts come from
 A^T A of the batch's 0/1 activity matrix A over the upper block triangle instead: exact, in
 int8 with int32 sums on a CPU (torch._int_mm), in float32 elsewhere (counts < 2^24 tokens).
