@@ -26,7 +26,7 @@ records it as settings["cooccurrence"]):
 Work. A token with c active features makes c(c-1)/2 pairs. Rows (tokens) of similar length
 are padded into blocks; the dense form adds each diagonal offset of a block in one vectorised
 op, the sparse forms gather a block's pairs at once by its upper-triangle indices. When a batch's pairs outweigh a dense matrix product (a few %
-density: ReLU and JumpReLU SAEs, TopK ones from about 64 of 4,608), the dense counts come from
+density: ReLU and JumpReLU SAEs, TopK ones from about 50 of 4,608), the dense counts come from
 A^T A of the batch's 0/1 activity matrix A over the upper block triangle instead: exact, in
 int8 with int32 sums on a CPU (torch._int_mm), in float32 elsewhere (counts < 2^24 tokens).
 """
@@ -42,9 +42,9 @@ from torch import Tensor
 EXACT_MAX_PAIRS = 1 << 25  # distinct pairs counted exactly in sparse form (16 bytes each)
 SUMMARY_SIZE = 256  # partners per feature in the approximate form
 # A pair scattered into the count matrix costs about as much as this many multiply-adds of an
-# int8 matrix product on a CPU (measured on a 2-core machine with AMX: 5,000 to 7,000 from 32 to
-# 128 active features per token; with 4,608 features the product is used from about 64).
-PRODUCT_CELLS_PER_PAIR = 5000
+# int8 matrix product on a CPU (measured on a 2-core machine with AMX: 10,000 to 6,700 from 32 to
+# 96 active features per token; with 4,608 features the product is used from about 50).
+PRODUCT_CELLS_PER_PAIR = 8000
 _PRODUCT_BLOCK = 512  # feature rows per product block
 _BLOCK_SHRINK = 0.8  # rows padded into one block are at least this fraction of its longest
 _PAIRS_AT_ONCE = 1 << 22  # pair keys made at a time (32 MB, and a few temporaries as large)
@@ -188,11 +188,11 @@ class Cooccurrence:
     def _add_product(self, t: Tensor, feat: Tensor, n_rows: int) -> None:
         d = self.d_sae
         cpu = self.device.type == "cpu"  # int8 products with int32 sums there: exact, and 5x float32's speed
-        active = torch.zeros((n_rows, d), dtype=torch.int8 if cpu else torch.float32, device=self.device)
-        active[t, feat] = 1
+        active_t = torch.zeros((d, n_rows), dtype=torch.int8 if cpu else torch.float32, device=self.device)
+        active_t[feat, t] = 1  # transposed: each block's rows are one contiguous slice
         for a in range(0, d, _PRODUCT_BLOCK):
-            rows = active[:, a:a + _PRODUCT_BLOCK].T
-            block = torch._int_mm(rows.contiguous(), active[:, a:]) if cpu else rows @ active[:, a:]
+            rows, cols = active_t[a:a + _PRODUCT_BLOCK], active_t[a:].T
+            block = torch._int_mm(rows, cols) if cpu else rows @ cols
             self.matrix[a:min(a + _PRODUCT_BLOCK, d), a:d] += block.to(torch.int32)  # lower cells unused
 
     def compact(self) -> None:
