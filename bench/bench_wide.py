@@ -9,7 +9,8 @@ often and most rarely, as in a trained SAE (the densities printed span several d
 under --out/sae, and indexed over the demo index's windows (real text) into --out/index,
 which stays there for reuse (card and search latency: explorer's reader benches).
 
-Printed: the density spread, pass / floor (target >= 0.85), the finalisation by step,
+Printed: the density spread, pass / floor (target >= 0.85; also the forward + encode share of
+the pass, timed inside it), the finalisation by step,
 peak RSS, the pass state's bytes per feature, and bytes on disk per feature. Logit
 effects (d_sae x vocab) and decoder neighbours (d_sae x d_sae) take long on a CPU at this
 width; with --weight-stats sample (the default) each is timed on one chunk and extrapolated,
@@ -145,7 +146,8 @@ def main() -> None:
     m = measure(lm, sae, windows, args.batch_size, args.top_n, out / "index")
     n_tok, d = windows.tokens.size, sae.cfg.d_sae
     print(f"floor {n_tok / m['floor']:,.0f} tok/s, pass {n_tok / m['pass']:,.0f} tok/s: "
-          f"pass / floor {m['floor'] / m['pass']:.3f} (target >= 0.85)")
+          f"pass / floor {m['floor'] / m['pass']:.3f} (target >= 0.85); in the pass, forward + encode "
+          f"{m['floor_in_pass']:.1f} s of {m['pass']:.1f} s: {m['floor_in_pass'] / m['pass']:.3f}")
     steps = ", ".join(f"{k} {v:.1f} s" for k, v in m["steps"].items())
     print(f"finalisation {m['total'] - m['pass']:.1f} s ({steps})"
           + (f"; sampled, not in the index: logit effects {logit_s[0]:.0f} s and neighbours {neighbour_s[0]:.0f} s "

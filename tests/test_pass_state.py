@@ -1,5 +1,5 @@
 """Co-occurrence counting (explorer.index.cooccurrence) against brute force: its exact forms, the
-memory bound, the approximate form's error bound and merges; and the pass state's sizes."""
+memory bound, the approximate form's error bound and merges; the pass state's scan for active entries and its sizes."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch
 
 from explorer.index import cooccurrence
 from explorer.index.cooccurrence import Cooccurrence, merge
-from explorer.index.pass_state import PassState
+from explorer.index.pass_state import PassState, active_entries
 
 D = 60
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors
@@ -121,3 +121,18 @@ def test_pass_state_bytes_per_feature():
     assert sum(v for k, v in sizes.items() if k != "cooc") < 3500  # the dense matrix: 4 (d_sae + 1)^2
     assert sizes["cooc"] == (4 * 101 * 101 + 8 * 100) / 100
     assert PassState(100, 16, 20, torch.device("cpu"), max_tokens=2**31).bytes_per_feature()["hist"] == 50 * 8
+
+
+@pytest.mark.parametrize("n, d, density", [(64, 1001, 0.004), (16, 4608, 0.005), (37, 1001, 0.01), (10, 640, 0.6)])
+def test_active_entries_equal_a_full_scan(n, d, density):
+    """The grouped scan finds exactly the entries > 0, in (row, feature) order: with negatives,
+    -0.0 and NaNs, groups that span two rows (d = 1001), sizes that are no whole number of
+    groups (37 x 1001: the plain scan) and dense rows (0.6: the plain scan)."""
+    g = torch.Generator().manual_seed(n * d)
+    flat = torch.randn(n, d, generator=g) * (torch.rand(n, d, generator=g) < density)
+    flat.view(-1)[:3] = torch.tensor([float("nan"), 0.5, -0.0])  # a NaN beside a positive in one group
+    flat.view(-1)[-70:-64] = -1.0
+    got = active_entries(flat)
+    want = (flat > 0).nonzero(as_tuple=True)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert len(want[0]) > 0

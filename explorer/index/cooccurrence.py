@@ -8,7 +8,11 @@ records it as settings["cooccurrence"]):
 - "exact-dense" (d_sae <= pass_state.COOC_DENSE_MAX): an int32 matrix with a row and a column
   per feature and one for padding, 256 MB at 8,192 features; only cells i < j are used.
 - "exact-sparse" (wider SAEs): sorted unique int64 keys i * d_sae + j (i < j) and their counts,
-  while there are at most EXACT_MAX_PAIRS distinct pairs (16 bytes each: 512 MB).
+  while there are at most EXACT_MAX_PAIRS distinct pairs (16 bytes each: 512 MB). A batch's pair
+  keys wait unsummed (8 bytes each) until more of them wait than max(stored pairs,
+  _PENDING_MIN); then one sort sums them all in (`compact`), not one sort per batch. When that
+  happens decides the batch at which the form turns approximate, so past the bound the
+  summaries depend on _PENDING_MIN (within the same stated error bound).
 - "approximate": past that bound, each feature keeps a Misra-Gries summary of at most
   SUMMARY_SIZE partners (Misra & Gries 1982; merged as in Agarwal et al., "Mergeable
   summaries", 2012). A pair (i, j) is counted in i's summary and in j's. A summary over its
@@ -20,10 +24,11 @@ records it as settings["cooccurrence"]):
   plus a pending buffer of the same order, whatever the corpus.
 
 Work. A token with c active features makes c(c-1)/2 pairs. Rows (tokens) of similar length
-are padded into blocks, and each diagonal offset of a block is one vectorised op, so no pair
-index table is ever built. When a batch's pairs outweigh a dense matrix product (a few %
-density: ReLU and JumpReLU SAEs), the dense counts come from A^T A of the batch's 0/1 activity
-matrix A over the upper block triangle instead: exact in float32 (counts < 2^24 tokens).
+are padded into blocks; the dense form adds each diagonal offset of a block in one vectorised
+op, the sparse forms gather a block's pairs at once by its upper-triangle indices. When a batch's pairs outweigh a dense matrix product (a few %
+density: ReLU and JumpReLU SAEs, TopK ones from about 50 of 4,608), the dense counts come from
+A^T A of the batch's 0/1 activity matrix A over the upper block triangle instead: exact, in
+int8 with int32 sums on a CPU (torch._int_mm), in float32 elsewhere (counts < 2^24 tokens).
 """
 
 from __future__ import annotations
@@ -36,14 +41,14 @@ from torch import Tensor
 
 EXACT_MAX_PAIRS = 1 << 25  # distinct pairs counted exactly in sparse form (16 bytes each)
 SUMMARY_SIZE = 256  # partners per feature in the approximate form
-# A pair scattered into the count matrix costs about as much as this many multiply-adds of a
-# float32 matrix product on a CPU (measured on an idle 2-core machine; with 4,608 features the
-# product is used from about 150 active features per token).
-PRODUCT_CELLS_PER_PAIR = 1000
+# A pair scattered into the count matrix costs about as much as this many multiply-adds of an
+# int8 matrix product on a CPU (measured on a 2-core machine with AMX: 10,000 to 6,700 from 32 to
+# 96 active features per token; with 4,608 features the product is used from about 50).
+PRODUCT_CELLS_PER_PAIR = 8000
 _PRODUCT_BLOCK = 512  # feature rows per product block
 _BLOCK_SHRINK = 0.8  # rows padded into one block are at least this fraction of its longest
-_UNIQUE_EVERY = 1 << 24  # sparse keys gathered before they are reduced to unique counts
-_PENDING_MIN = 1 << 22
+_PAIRS_AT_ONCE = 1 << 22  # pair keys made at a time (32 MB, and a few temporaries as large)
+_PENDING_MIN = 1 << 24  # keys pending before a compaction at least (128 MB raw): a few batches summed in one sort
 
 MODES = ("exact-dense", "exact-sparse", "approximate")
 
@@ -74,22 +79,17 @@ def row_blocks(t: Tensor, feat: Tensor, n_rows: int, pad: int) -> Iterator[Tenso
 
 
 def pair_keys(t: Tensor, feat: Tensor, n_rows: int, d_sae: int) -> Iterator[Tensor]:
-    """int64 keys i * d_sae + j, i < j, of every two features active at the same row, in chunks."""
-    chunk: list[Tensor] = []
-    size = 0
+    """int64 keys i * d_sae + j, i < j, of every two features active at the same row, in chunks
+    of about _PAIRS_AT_ONCE: one gather per block of rows, by the block's upper-triangle pairs."""
     for block in row_blocks(t, feat, n_rows, d_sae):
-        c = block.shape[1]
-        for o in range(1, c):
-            second = block[:, o:]
-            keys = torch.add(second, block[:, :c - o], alpha=d_sae)
-            keys = keys[second < d_sae]  # padding sits at the end of a row
-            chunk.append(keys)
-            size += len(keys)
-            if size >= _UNIQUE_EVERY:
-                yield torch.cat(chunk)
-                chunk, size = [], 0
-    if size:
-        yield torch.cat(chunk)
+        rows, c = block.shape
+        first, second = torch.triu_indices(c, c, 1, device=block.device)
+        padded = bool((block[:, -1] == d_sae).any())  # padding sits at the end of a row
+        step = max(1, _PAIRS_AT_ONCE // len(first))
+        for a in range(0, rows, step):
+            part = block[a:a + step]
+            keys = torch.add(part[:, second], part[:, first], alpha=d_sae)
+            yield keys[part[:, second] < d_sae] if padded else keys.view(-1)
 
 
 def both_ways(keys: Tensor, counts: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
@@ -97,10 +97,17 @@ def both_ways(keys: Tensor, counts: Tensor, d_sae: int) -> tuple[Tensor, Tensor]
     return torch.cat([keys, (keys % d_sae) * d_sae + keys // d_sae]), torch.cat([counts, counts])
 
 
-def add_counts(keys: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
-    """Sorted unique keys and the summed counts of each."""
-    unique, inverse = torch.unique(keys, return_inverse=True)
-    return unique, torch.zeros(len(unique), dtype=torch.int64, device=keys.device).index_add_(0, inverse, counts)
+def add_counts(keys: Tensor, counts: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Sorted unique keys and the summed counts of each (`counts` None: one per key). A stable
+    sort of integers is a radix sort on a CPU, faster than torch.unique's."""
+    if len(keys) == 0:
+        return keys, torch.zeros(0, dtype=torch.int64, device=keys.device)
+    keys, order = torch.sort(keys, stable=True)
+    last = torch.ones(len(keys), dtype=torch.bool, device=keys.device)
+    torch.ne(keys[1:], keys[:-1], out=last[:-1])
+    ends = last.nonzero().squeeze(1)  # the last place of each key
+    upto = ends + 1 if counts is None else torch.cumsum(counts[order], 0)[ends]
+    return keys[ends], torch.diff(upto, prepend=upto.new_zeros(1))
 
 
 def reduce_summaries(keys: Tensor, counts: Tensor, lost: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
@@ -133,7 +140,7 @@ class Cooccurrence:
         self.keys = torch.zeros(0, dtype=torch.int64, device=device)
         self.counts = torch.zeros(0, dtype=torch.int64, device=device)
         self.lost = torch.zeros(d_sae, dtype=torch.int64, device=device)
-        self.pending: list[tuple[Tensor, Tensor]] = []
+        self.pending: list[tuple[Tensor, Tensor | None]] = []  # counts None: one per key
         self.n_pending = 0
         self._one = torch.ones(1, dtype=torch.int32, device=device)
 
@@ -160,9 +167,10 @@ class Cooccurrence:
                 self._add_scattered(t, feat, n_rows)
             return
         for keys in pair_keys(t, feat, n_rows, self.d_sae):
-            keys, counts = add_counts(keys, torch.ones_like(keys))
+            # Exact counts are summed only at compact(): one sort of many batches' keys, not one each.
+            counts = None
             if self.mode == "approximate":
-                keys, counts = both_ways(keys, counts, self.d_sae)
+                keys, counts = both_ways(*add_counts(keys), self.d_sae)
             self.pending.append((keys, counts))
             self.n_pending += len(keys)
         if self.n_pending > max(len(self.keys), _PENDING_MIN):
@@ -179,18 +187,20 @@ class Cooccurrence:
 
     def _add_product(self, t: Tensor, feat: Tensor, n_rows: int) -> None:
         d = self.d_sae
-        active = torch.zeros((n_rows, d), dtype=torch.float32, device=self.device)
-        active[t, feat] = 1.0
+        cpu = self.device.type == "cpu"  # int8 products with int32 sums there: exact, and 5x float32's speed
+        active_t = torch.zeros((d, n_rows), dtype=torch.int8 if cpu else torch.float32, device=self.device)
+        active_t[feat, t] = 1  # transposed: each block's rows are one contiguous slice
         for a in range(0, d, _PRODUCT_BLOCK):
-            block = active[:, a:a + _PRODUCT_BLOCK].T @ active[:, a:]  # (block, d - a): lower cells unused
-            self.matrix[a:min(a + _PRODUCT_BLOCK, d), a:d] += block.to(torch.int32)
+            rows, cols = active_t[a:a + _PRODUCT_BLOCK], active_t[a:].T
+            block = torch._int_mm(rows, cols) if cpu else rows @ cols
+            self.matrix[a:min(a + _PRODUCT_BLOCK, d), a:d] += block.to(torch.int32)  # lower cells unused
 
     def compact(self) -> None:
         """Fold the pending counts in; past EXACT_MAX_PAIRS, switch to the approximate form."""
         if not self.pending:
             return
         keys = torch.cat([self.keys] + [k for k, _ in self.pending])
-        counts = torch.cat([self.counts] + [c for _, c in self.pending])
+        counts = torch.cat([self.counts] + [torch.ones_like(k) if c is None else c for k, c in self.pending])
         self.pending, self.n_pending = [], 0
         self.keys, self.counts = add_counts(keys, counts)
         if self.mode == "exact-sparse" and len(self.keys) > EXACT_MAX_PAIRS:
@@ -201,7 +211,7 @@ class Cooccurrence:
 
     def nbytes(self) -> int:
         """Memory held now: the matrix or the stored and pending entries, and the bounds."""
-        tensors = [self.matrix, self.keys, self.counts, self.lost] + [t for pair in self.pending for t in pair]
+        tensors = [self.matrix, self.keys, self.counts, self.lost] + [t for pair in self.pending for t in pair if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     # -- reading
