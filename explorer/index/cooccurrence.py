@@ -187,7 +187,9 @@ class Cooccurrence:
 
     def _add_product(self, t: Tensor, feat: Tensor, n_rows: int) -> None:
         d = self.d_sae
-        cpu = self.device.type == "cpu"  # int8 products with int32 sums there: exact, and 5x float32's speed
+        # int8 products with int32 sums on a CPU: exact, and 5x float32's speed. torch._int_mm is
+        # private: a torch without it takes the float32 product (exact too, below 2^24 tokens).
+        cpu = self.device.type == "cpu" and hasattr(torch, "_int_mm")
         active_t = torch.zeros((d, n_rows), dtype=torch.int8 if cpu else torch.float32, device=self.device)
         active_t[feat, t] = 1  # transposed: each block's rows are one contiguous slice
         for a in range(0, d, _PRODUCT_BLOCK):
