@@ -8,8 +8,9 @@ user's browser is) the moment the server answers its health check:
 
 - plain: `explorer demo-model` then `streamlit run app.py` (the demo target
   until now): the first session loads the workspace after the server is up;
-- preload: `python -m ui.launch` (the demo target now): the workspace loads
-  while the server boots.
+- preload: `python -m ui.launch` (what the demo target runs): the workspace
+  loads while the server boots;
+- make: `make demo` itself, in a checkout whose venv is set up.
 
 A mode may name another checkout whose app it starts, `plain=/path/to/checkout`
 (e.g. the main branch's, for the figure before this change). It reports, per mode, the median seconds to a healthy server and to the first
@@ -46,7 +47,9 @@ def commands(mode: str, port: int, root: Path) -> list[list[str]]:
         return [[py, "-m", "explorer.cli", "demo-model"], [py, "-m", "streamlit", "run", str(root / "app.py"), *flags]]
     if mode == "preload":
         return [[py, "-m", "ui.launch", *flags]]
-    raise SystemExit(f"unknown mode {mode!r}: use plain or preload")
+    if mode == "make":  # the README's command itself (its venv must exist: a warm start)
+        return [["make", "-s", "-C", str(root), "demo", f"PORT={port}"]]
+    raise SystemExit(f"unknown mode {mode!r}: use plain, preload or make")
 
 
 def healthy(url: str) -> bool:
