@@ -182,7 +182,9 @@ def test_bad_input_is_refused_at_submit_and_the_worker_goes_on(lm, sae):
     assert len(s.submit(ids(lm, "fine"), [Row()]).result(timeout=30)) == 1
 
 
-def test_an_error_in_a_forward_ends_its_requests_not_the_worker(lm, sae, monkeypatch):
+@pytest.fixture
+def edit_fails_on_13(monkeypatch):
+    """Every RowEdit that steers feature 13 raises in the forward pass."""
     real = scheduler_module.RowEdit.__call__
 
     def failing(self, act, present=None):
@@ -191,6 +193,9 @@ def test_an_error_in_a_forward_ends_its_requests_not_the_worker(lm, sae, monkeyp
         return real(self, act, present)
 
     monkeypatch.setattr(scheduler_module.RowEdit, "__call__", failing)
+
+
+def test_an_error_in_a_forward_ends_its_requests_not_the_worker(lm, sae, edit_fails_on_13):
     s = Scheduler(lm, sae)
     bad = s.submit(ids(lm, "bad"), [Row((Intervention(13, "clamp", 1.0),))])
     with pytest.raises(RuntimeError, match="edit failed"):
@@ -200,15 +205,7 @@ def test_an_error_in_a_forward_ends_its_requests_not_the_worker(lm, sae, monkeyp
     assert no_hooks_left(lm.model)
 
 
-def test_an_error_in_a_batched_prefill_ends_only_the_request_at_fault(lm, sae, monkeypatch):
-    real = scheduler_module.RowEdit.__call__
-
-    def failing(self, act, present=None):
-        if any(e.feature == 13 for edits in self.rows for e in edits):
-            raise RuntimeError("edit failed")
-        return real(self, act, present)
-
-    monkeypatch.setattr(scheduler_module.RowEdit, "__call__", failing)
+def test_an_error_in_a_batched_prefill_ends_only_the_request_at_fault(lm, sae, edit_fails_on_13):
     s = Scheduler(lm, sae)
     with lm.lock:  # the worker waits with the first request; the next two are then prefilled together
         first = s.submit(ids(lm, "first"), [Row()])
