@@ -243,7 +243,11 @@ def pack_in_background(lm: LoadedModel) -> threading.Thread | None:
         with lm.lock:
             optimise_for_cpu(lm.model)
 
-    thread = threading.Thread(target=pack, name=f"pack-{lm.name}", daemon=True)
+    # Not a daemon (said explicitly: a thread made by a daemon thread, as a Streamlit script
+    # run is, would inherit it): the interpreter waits for it at exit (a few seconds). A daemon
+    # thread still inside the oneDNN reorder when the process exits aborts it ("terminate
+    # called without an active exception", status -6).
+    thread = threading.Thread(target=pack, name=f"pack-{lm.name}", daemon=False)
     thread.start()
     return thread
 

@@ -92,6 +92,13 @@ def test_cli_steer_and_activations_say_sae_is_untrained():
     assert "Hello" in out.stdout and "UNTRAINED" in out.stdout
 
 
+def test_cli_steer_exits_cleanly_every_time():
+    """The scheduler's idle worker used to abort about half of these runs at exit (status -6)."""
+    codes = [_cli("steer", "Hi", "--sae", "random", "--clamp", "7=40", "--max-new-tokens", "4").returncode
+             for _ in range(3)]
+    assert codes == [0, 0, 0]
+
+
 def test_cli_errors_are_messages_not_tracebacks():
     out = _cli("steer", "hi", "--sae", "random", "--clamp", "7=lots")
     assert out.returncode == 2 and "not a number" in out.stderr and "Traceback" not in out.stderr
