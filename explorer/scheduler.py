@@ -277,8 +277,9 @@ class Scheduler:
         rows = [_LiveRow(r, i, torch.Generator(device=self.lm.device).manual_seed(row.settings.seed))
                 for r in live for i, row in enumerate(r.rows)]
         events: dict[int, list[TokenEvent]] = {id(r): [] for r in live}
+        for request in live:
+            request.edit.generated = True
         for j, row in enumerate(rows):
-            row.request.edit.generated = True
             self._advance(row, out.logits[j, -1], events[id(row.request)])
         for request in live:
             self._emit(request, events[id(request)])
