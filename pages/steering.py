@@ -48,15 +48,18 @@ def steering_page() -> None:
                                                temperature=settings.temperature, top_p=settings.top_p,
                                                seed=settings.seed, chat=settings.chat, stop=stop)))
     results(ws, prompt, ivs, settings, stop)
+    sweep(ws, prompt, ivs, settings)
 
 
+# A click on Generate or Run sweep reruns only its own fragment: the browser redraws those
+# elements, not the editor's widgets above nor the other fragment's. The browser usually
+# shares this machine's cores with the model; measured with eight tabs generating at once:
+# redrawing the editor too cost each tab about 0.4 s of CPU per click, redrawing the sweep's
+# widgets with the results about 0.1 s.
 @st.fragment
 def results(ws, prompt: str, ivs, settings, stop) -> None:
-    """What Generate and Run sweep change. A click there reruns only this part of the page: the
-    browser redraws these elements, not the editor's widgets above (that redraw cost eight
-    tabs on one machine about 0.4 s of CPU each per click, as much as the model's work)."""
+    """What Generate changes: the completions and the session's runs."""
     compare(ws, prompt, ivs, settings, stop)
-    sweep(ws, prompt, ivs, settings)
     history_panel(ws)
 
 
@@ -247,6 +250,7 @@ def compare(ws, prompt: str, ivs, settings, stop: StopCondition | None = None) -
         completions.result_diff(ws, last)
 
 
+@st.fragment
 def sweep(ws, prompt: str, ivs, settings) -> None:
     st.subheader("Strength sweep")
     if not ivs:
