@@ -73,7 +73,7 @@ def add_workspace_args(p: argparse.ArgumentParser, index: bool = True) -> None:
     if index:
         p.add_argument("--index", help="feature index folder (default: $EXPLORER_INDEX, else the demo index)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: float32 on CPU, bf16 on CUDA)")
+    p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: EXPLORER_DTYPE, else float32 on CPU, bf16 on CUDA)")
 
 
 

@@ -204,14 +204,15 @@ def load_model(
     `pack_in_background`), which makes the load a few tenths of its time faster."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    threads = env_settings().threads
+    env = env_settings()
+    threads = env.threads
     if threads:
         # On a CPU shared with other busy processes, torch's default of one
         # thread per core can run many times slower than a single thread.
         torch.set_num_threads(threads)
     source, gguf_file = resolve_source(name_or_path, cache, progress)
     dev = pick_device(device)
-    dt = pick_dtype(dev, dtype)
+    dt = pick_dtype(dev, dtype or env.dtype)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     # use_safetensors: never fall back to pickled weights (a hub id is not checked beforehand)
     weights = {} if gguf_file else {"use_safetensors": True}

@@ -28,6 +28,8 @@ SAE_ENV = "EXPLORER_SAE"
 INDEX_ENV = "EXPLORER_INDEX"
 CACHE_ENV = "EXPLORER_CACHE"
 THREADS_ENV = "EXPLORER_THREADS"
+DTYPE_ENV = "EXPLORER_DTYPE"
+DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 ROOTS_ENV = "EXPLORER_ROOTS"
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # the checkout: app.py, data/, explorer/
@@ -52,6 +54,8 @@ class EnvSettings:
     else ~/.cache/sae-explorer."""
     threads: int | None
     """EXPLORER_THREADS: torch threads; None leaves torch's default (one per core)."""
+    dtype: str | None
+    """EXPLORER_DTYPE: the model's dtype, one of DTYPES; None: float32 on CPU, bf16 (else fp16) on CUDA."""
     roots: tuple[Path, ...]
     """EXPLORER_ROOTS: the only folders under which the app's load form opens a model, SAE or
     index (several separated by os.pathsep, ':' on Linux). Default: the project's data/ folder,
@@ -61,7 +65,8 @@ class EnvSettings:
 
 def env_settings() -> EnvSettings:
     """Read the EXPLORER_* variables now: tests and the app may change them between calls."""
-    env = {name: os.environ.get(name, "") for name in (MODEL_ENV, SAE_ENV, INDEX_ENV, CACHE_ENV, THREADS_ENV, ROOTS_ENV)}
+    env = {name: os.environ.get(name, "") for name in (MODEL_ENV, SAE_ENV, INDEX_ENV, CACHE_ENV, THREADS_ENV,
+                                                  DTYPE_ENV, ROOTS_ENV)}
     xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     cache = Path(env[CACHE_ENV]).expanduser() if env[CACHE_ENV] else Path(xdg) / "sae-explorer"
     return EnvSettings(
@@ -70,6 +75,7 @@ def env_settings() -> EnvSettings:
         index=env[INDEX_ENV] or None,
         cache=cache,
         threads=_threads(env[THREADS_ENV]),
+        dtype=_dtype(env[DTYPE_ENV]),
         roots=_roots(env[ROOTS_ENV], cache),
     )
 
@@ -85,6 +91,13 @@ def _threads(value: str) -> int | None:
         raise SettingsError(f"{THREADS_ENV}={value!r} is not a positive whole number. "
                             f"Fix: set it to a thread count, e.g. {THREADS_ENV}=1, or unset it")
     return threads
+
+
+def _dtype(value: str) -> str | None:
+    if value and value not in DTYPES:
+        raise SettingsError(f"{DTYPE_ENV}={value!r} is not a dtype. Fix: set it to float32 or bfloat16 "
+                            f"(or float16, on CUDA), or unset it")
+    return value or None
 
 
 def _roots(value: str, cache: Path) -> tuple[Path, ...]:

@@ -23,6 +23,35 @@ def test_packed_linear_equals_linear(bias, shape):
         assert torch.allclose(PackedLinear(layer)(x), layer(x), atol=1e-5)
 
 
+needs_bf16 = pytest.mark.skipif(not can_pack(torch.bfloat16), reason="this CPU has no native bf16 (or no oneDNN)")
+
+
+@needs_bf16
+def test_bf16_packed_linear_agrees_with_linear():
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 96).to(torch.bfloat16)
+    x = torch.randn(16, 64).to(torch.bfloat16)
+    with torch.inference_mode():
+        packed, stock = PackedLinear(layer)(x).float(), layer(x).float()
+    # bf16 has 8 bits of mantissa: the sums may round differently, by about one unit in the last place
+    assert torch.allclose(packed, stock, atol=0.05, rtol=0.02)
+    assert torch.equal(PackedLinear(layer).dense_weight(), layer.weight)
+
+
+def test_a_bf16_model_is_packed_only_where_the_cpu_computes_bf16(monkeypatch):
+    stock = tiny_model("llama", d_model=64).model.to(torch.bfloat16)
+    fast = tiny_model("llama", d_model=64).model.to(torch.bfloat16)
+    layout = optimise_for_cpu(fast)
+    assert layout == ("oneDNN packed" if can_pack(torch.bfloat16) else "stock")
+    ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert torch.allclose(fast(ids).logits.float(), stock(ids).logits.float(), atol=0.1)
+    monkeypatch.setattr(cpu_layout, "can_pack", lambda dtype=None: dtype != torch.bfloat16)
+    emulated = tiny_model("llama", d_model=64).model.to(torch.bfloat16)
+    assert optimise_for_cpu(emulated) == "stock"
+    assert type(emulated.model.layers[0].mlp.down_proj) is nn.Linear
+
+
 def _greedy(model, ids, n=12):
     out_ids = []
     with torch.inference_mode():
@@ -61,7 +90,7 @@ def test_packing_keeps_the_head_weight_and_its_tie():
 
 
 def test_without_onednn_weights_are_transposed(monkeypatch):
-    monkeypatch.setattr(cpu_layout, "can_pack", lambda: False)
+    monkeypatch.setattr(cpu_layout, "can_pack", lambda dtype=None: False)
     model = tiny_model("llama").model
     assert optimise_for_cpu(model) == "transposed"
     q = model.model.layers[0].self_attn.q_proj

@@ -5,12 +5,14 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 from explorer import cli, commands
 from explorer.model import cache_dir
 from explorer.settings import PROJECT_DIR, SettingsError, env_settings
 
-VARIABLES = ("EXPLORER_MODEL", "EXPLORER_SAE", "EXPLORER_INDEX", "EXPLORER_CACHE", "EXPLORER_THREADS", "EXPLORER_ROOTS")
+VARIABLES = ("EXPLORER_MODEL", "EXPLORER_SAE", "EXPLORER_INDEX", "EXPLORER_CACHE", "EXPLORER_THREADS", "EXPLORER_DTYPE",
+             "EXPLORER_ROOTS")
 
 
 @pytest.fixture
@@ -52,6 +54,27 @@ def test_a_bad_thread_count_names_the_variable_and_the_fix(env, value):
     env.setenv("EXPLORER_THREADS", value)
     with pytest.raises(SettingsError, match=rf"EXPLORER_THREADS='{value}' is not a positive whole number\. Fix:"):
         env_settings()
+
+
+def test_a_bad_dtype_names_the_variable_and_the_fix(env):
+    assert env_settings().dtype is None
+    env.setenv("EXPLORER_DTYPE", "bfloat16")
+    assert env_settings().dtype == "bfloat16"
+    env.setenv("EXPLORER_DTYPE", "int4")
+    with pytest.raises(SettingsError, match=r"EXPLORER_DTYPE='int4' is not a dtype\. Fix: set it to float32 or bfloat16"):
+        env_settings()
+
+
+def test_the_model_loads_in_the_dtype_the_environment_names(env, tmp_path):
+    from explorer.model import load_model
+    from tests.tiny import byte_tokenizer, tiny_model
+
+    tiny_model("llama").model.save_pretrained(tmp_path / "m")
+    byte_tokenizer().save_pretrained(tmp_path / "m")
+    env.setenv("EXPLORER_DTYPE", "bfloat16")
+    lm = load_model(str(tmp_path / "m"), device="cpu")
+    assert lm.dtype == torch.bfloat16 and next(lm.model.parameters()).dtype == torch.bfloat16
+    assert load_model(str(tmp_path / "m"), device="cpu", dtype="float32").dtype == torch.float32  # an argument beats it
 
 
 def test_the_cli_reports_a_bad_variable_in_one_line(env, capsys):
