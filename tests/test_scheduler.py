@@ -117,6 +117,27 @@ def test_requests_that_wait_together_are_prefilled_as_one_padded_batch(lm, sae, 
     assert no_hooks_left(lm.model)
 
 
+def test_requests_made_at_once_on_an_idle_model_share_one_prefill(lm, sae, monkeypatch):
+    prefills = []
+    real = BatchCache.prefill_args
+
+    def recording(self):
+        prefills.append(self.n_rows)
+        return real(self)
+
+    requests = [(ids(lm, p), job(i)) for i, p in enumerate(PROMPTS[:3])]
+    monkeypatch.setattr(BatchCache, "prefill_args", recording)
+    monkeypatch.setattr(scheduler_module, "GATHER_S", 0.5)  # wide, so that a busy machine cannot split them
+    s = Scheduler(lm, sae)
+    tickets = [s.submit(*requests[0])]
+    time.sleep(0.05)  # the worker has woken up and is gathering
+    tickets += [s.submit(*r) for r in requests[1:]]
+    got = [t.result(timeout=60) for t in tickets]
+    s.close()
+    assert prefills == [sum(len(rows) for _, rows in requests)]
+    assert got == [alone(lm, sae, *r) for r in requests]
+
+
 def test_events_stream_each_rows_tokens_then_its_end(lm, sae):
     rows = [Row((), GenerationSettings(max_new_tokens=5, stop_at_eos=False)),
             Row((Intervention(3, "clamp", 25.0),), GenerationSettings(max_new_tokens=3, stop_at_eos=False))]
