@@ -9,14 +9,15 @@ backend uses, runs a two-row batch at about the cost of one row, and a one-row
 batch no slower than the best MKL layout (bench/bench_steering.py).
 
 `optimise_for_cpu` swaps every fp32 `nn.Linear` for a `PackedLinear` holding
-that layout. A bf16 model is packed too where the CPU computes in bf16 natively
-(AVX512-BF16 or AMX): oneDNN then reads half the bytes per weight, and on AMX a
-16-row batch costs about what a 2-row batch does. Where bf16 would be emulated,
-a bf16 model keeps the stock layout. The packed copy replaces the weight, so memory does not grow,
-except for the output head, whose plain weight is kept because the feature
-index reads it (for a tied head it is the input embedding's own storage).
-Where this torch build has no oneDNN linear ops, weights are stored
-pre-transposed instead, the next best layout for MKL.
+that layout. A bf16 model is packed too where the CPU computes in bf16
+natively (AVX512-BF16 or AMX): oneDNN then reads half the bytes per weight,
+and on AMX a 16-row batch costs little more than a 2-row batch. Where bf16
+would be emulated, a bf16 model keeps the stock layout. The packed copy
+replaces the weight, so memory does not grow, except for the output head,
+whose plain weight is kept because the feature index reads it (for a tied
+head it is the input embedding's own storage). Where this torch build has no
+oneDNN linear ops, fp32 weights are stored pre-transposed instead, the next
+best layout for MKL.
 """
 
 from __future__ import annotations
@@ -84,9 +85,9 @@ def can_pack(dtype: torch.dtype = torch.float32) -> bool:
     if not (torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise")
             and hasattr(ops, "_reorder_linear_weight")):
         return False
-    if dtype == torch.bfloat16 and not (hasattr(ops, "_is_mkldnn_bf16_supported") and ops._is_mkldnn_bf16_supported()):
-        return False
     if dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if dtype == torch.bfloat16 and not (hasattr(ops, "_is_mkldnn_bf16_supported") and ops._is_mkldnn_bf16_supported()):
         return False
     try:
         layer = nn.Linear(8, 3).to(dtype)
@@ -102,10 +103,8 @@ def can_pack(dtype: torch.dtype = torch.float32) -> bool:
 def optimise_for_cpu(model: nn.Module) -> str:
     """Give every Linear of a CPU model the fastest layout available; returns its name."""
     dtype = next(model.parameters()).dtype
-    if dtype not in (torch.float32, torch.bfloat16):
-        return "stock"
     if not can_pack(dtype):
-        if dtype != torch.float32:
+        if dtype != torch.float32:  # fp16, or bf16 that this CPU would emulate: as loaded
             return "stock"
         transpose_linear_weights(model)
         return "transposed"
