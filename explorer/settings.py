@@ -29,7 +29,8 @@ INDEX_ENV = "EXPLORER_INDEX"
 CACHE_ENV = "EXPLORER_CACHE"
 THREADS_ENV = "EXPLORER_THREADS"
 DTYPE_ENV = "EXPLORER_DTYPE"
-DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}  # the names a user may give -> torch's name
 ROOTS_ENV = "EXPLORER_ROOTS"
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # the checkout: app.py, data/, explorer/
